@@ -1,0 +1,96 @@
+"""The environment interface: a task that scores a response and explains what went wrong.
+
+An environment turns a dataset row (``example``) into the student's chat prompt and scores a
+response text against it. ``score`` is the reward used for training, ``acc`` the fraction of
+checks passed, ``feedback`` the text a self-teacher (and a reflector) may read.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+Example = dict[str, Any]
+Message = dict[str, str]
+
+
+@dataclasses.dataclass
+class Feedback:
+    """The verdict of an environment on one response.
+
+    Attributes:
+        score: the reward (sparse 0/1 or dense in [0, 1]).
+        acc: the fraction of checks passed, in [0, 1].
+        feedback: text explaining the failure; "" when there is nothing to say.
+        details: anything else worth logging (per-test results, the parsed answer, ...).
+    """
+
+    score: float
+    acc: float
+    feedback: str = ""
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class DataError(ValueError):
+    """A dataset row is missing a field or has a malformed one."""
+
+
+class Environment(abc.ABC):
+    """Base class of every environment.
+
+    Subclasses implement :meth:`prompt_messages`, :meth:`score` and :meth:`example_id`, and may
+    override :meth:`load_split` to ship or generate data.
+    """
+
+    #: registry name, set by :func:`resd.envs.register`
+    name: str = ""
+    #: noun used by task-specific teacher templates ("answering questions", ...)
+    task_description: str = "solving the task"
+
+    @abc.abstractmethod
+    def prompt_messages(self, example: Example) -> list[Message]:
+        """The student's chat messages (system messages first, the user message last)."""
+
+    @abc.abstractmethod
+    def score(self, response: str, example: Example, *, truncated: bool = False) -> Feedback:
+        """Score one response. ``truncated`` is True when the response hit the length limit.
+
+        Must never raise on hostile model output: a malformed response is a failure with feedback.
+        """
+
+    def example_id(self, example: Example) -> str:
+        """A stable id of the example (the key of RESD's solution buffer)."""
+        for path in (("extra_info", "index"), ("id",), ("idx",), ("index",)):
+            value: Any = example
+            for key in path:
+                if not isinstance(value, dict) or key not in value:
+                    value = None
+                    break
+                value = value[key]
+            if value is not None:
+                return str(value)
+        raise DataError(f"example has no stable id (extra_info.index, id, idx or index): keys {sorted(example)}")
+
+    def load_split(self, split: str, path: str | None = None, limit: int | None = None) -> list[Example]:
+        """Load (or generate) the rows of a split. ``path`` points at a user's own file."""
+        if path is None:
+            raise DataError(f"environment {self.name!r} ships no data for split {split!r}; pass a path")
+        from resd.data import read_rows
+
+        rows = read_rows(path)
+        return rows[:limit] if limit is not None else rows
+
+    def score_batch(
+        self,
+        responses: Sequence[str],
+        examples: Sequence[Example],
+        truncated: Sequence[bool] | None = None,
+    ) -> list[Feedback]:
+        """Score many responses. The default runs them one after another in this process."""
+        truncated = truncated if truncated is not None else [False] * len(responses)
+        return [self.score(r, e, truncated=t) for r, e, t in zip(responses, examples, truncated, strict=True)]
