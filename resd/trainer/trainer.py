@@ -1,0 +1,500 @@
+"""The training loop: prompts -> rollouts -> rewards and feedback -> teacher contexts -> loss -> update.
+
+One :meth:`Trainer.train_step`:
+  1. take ``batch_size`` prompts, sample ``n`` responses each (the rollout backend);
+  2. score them with the environment (reward, accuracy, feedback);
+  3. build each sample's teacher context (:meth:`build_teacher_contexts`; SDPO's reprompting here,
+     RESD's richer prompt in a subclass) and tokenize it with the chat template;
+  4. split into mini-batches (one by default: on-policy) and micro-batches by a token budget; for
+     each micro-batch compute student hidden states with grad and teacher hidden states without,
+     then the loss chunk by chunk over the response tokens;
+  5. clip, step AdamW (skipped when the gradient is not finite), step the schedule, update the
+     teacher.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import random
+import signal
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from resd import envs
+from resd.config import Config
+from resd.context.reprompt import RepromptConfig, build_teacher_contexts
+from resd.envs.base import Feedback
+from resd.losses import DistillationSpec, group_advantages, is_ratio, ppo_clip_token_loss, token_terms, token_weights
+from resd.models import chat_prompt_ids, load_model, load_tokenizer
+from resd.rollout import HFGenerator, SamplingParams
+from resd.teacher import Teacher
+from resd.trainer.checkpoint import latest_valid, load_checkpoint, save_checkpoint
+from resd.trainer.data_stream import DataStream
+from resd.trainer.forward import PackedRows, lm_head, logits_fn, pack_rows, response_hidden
+from resd.trainer.optim import MasterWeightAdamW, warmup_lambda
+from resd.trainer.run_logger import RunLogger
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced non-finite gradients too many steps in a row."""
+
+
+@dataclasses.dataclass
+class Sample:
+    """One rollout and everything computed about it during a step."""
+
+    example: dict[str, Any]
+    group: int
+    prompt_messages: list[dict[str, str]]
+    prompt_ids: list[int]
+    response_ids: list[int]
+    rollout_logprobs: list[float] | None
+    finished: bool
+    text: str = ""
+    feedback: Feedback | None = None
+    teacher_messages: list[dict[str, str]] | None = None
+    teacher_ids: list[int] | None = None
+    sd_mask: bool = False
+    advantage: float = 0.0
+    seq_weight: float = 1.0
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+    np_state = state["numpy"]
+    np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
+    torch.set_rng_state(state["torch"])
+
+
+class Trainer:
+    """Trains a policy with ``grpo`` or ``sdpo`` (and, in subclasses, ``resd``) from a :class:`Config`.
+
+    ``model``, ``tokenizer`` and ``env`` may be passed in (tests, notebooks); otherwise they are
+    built from the config.
+    """
+
+    def __init__(self, config: Config, *, model=None, tokenizer=None, env=None, run_dir: str | Path | None = None) -> None:
+        self.config = cfg = config
+        seed_everything(cfg.seed)
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        self.tokenizer = tokenizer or load_tokenizer(cfg.model.tokenizer or cfg.model.name)
+        self.model = model or load_model(cfg.model.name, cfg.model.precision, self.tokenizer, tiny=cfg.model.tiny)
+        if cfg.model.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model.train()
+        self.env = env or envs.load(cfg.data.env, **cfg.data.env_kwargs)
+        train_rows = self.env.load_split(cfg.data.train_split, cfg.data.train_path, cfg.data.train_limit)
+        self.data = DataStream(train_rows, seed=cfg.seed, shuffle=cfg.data.shuffle, single_pass=self.single_pass)
+
+        self.uses_teacher = cfg.algorithm != "grpo" and cfg.loss.pg_weight < 1.0
+        self.pg_weight = 1.0 if cfg.algorithm == "grpo" else cfg.loss.pg_weight
+        self.teacher = Teacher(self.model, cfg.teacher.kind, cfg.teacher.update_rate) if self.uses_teacher else None
+        self.spec = (
+            DistillationSpec(cfg.loss.alpha, cfg.loss.topk, cfg.loss.add_tail, cfg.loss.full_logit,
+                             cfg.loss.teacher_min_ratio, cfg.loss.teacher_max_ratio)
+            if self.uses_teacher else None
+        )
+        self.reprompt = RepromptConfig(
+            **{f.name: getattr(cfg.reprompt, f.name) for f in dataclasses.fields(RepromptConfig)}
+        )
+        trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.optimizer = MasterWeightAdamW(trainable, cfg.train.lr, tuple(cfg.train.betas), cfg.train.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer.optimizer, warmup_lambda(cfg.train.warmup_steps, self.total_optimizer_steps(), cfg.train.lr_schedule)
+        )
+        self.generator = HFGenerator(self.model, self.tokenizer, cfg.rollout.batch_size)
+        self.sampling = SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k, cfg.rollout.max_new_tokens)
+
+        self.step = 0
+        self.rollouts_seen = 0
+        self.nonfinite_in_a_row = 0
+        self.elapsed = 0.0
+        self.stop_requested = False
+        self.run_dir = Path(run_dir or cfg.logging.run_dir or Path("runs") / f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+        self.logger = RunLogger(self.run_dir, cfg.to_dict(), cfg.logging.wandb, cfg.logging.tensorboard,
+                                cfg.logging.trackio, cfg.logging.project, cfg.name)
+
+    # ------------------------------------------------------------------ hooks for subclasses
+    single_pass = False
+
+    def total_optimizer_steps(self) -> int:
+        cfg = self.config.train
+        return cfg.steps * math.ceil(cfg.batch_size / (cfg.mini_batch_size or cfg.batch_size))
+
+    def build_teacher_contexts(self, samples: list[Sample]) -> dict[str, float]:
+        """Fill ``teacher_messages`` and ``sd_mask`` of every sample (SDPO reprompting)."""
+        contexts, metrics = build_teacher_contexts(
+            [s.prompt_messages for s in samples],
+            [s.text for s in samples],
+            [s.feedback.score for s in samples],
+            [s.feedback.feedback for s in samples],
+            [s.group for s in samples],
+            self.reprompt,
+        )
+        for sample, ctx in zip(samples, contexts, strict=True):
+            sample.teacher_messages = ctx.messages
+            sample.sd_mask = ctx.sd_mask
+        return metrics
+
+    def extra_state(self) -> dict[str, Any]:
+        """JSON-able state of subclasses (playbook, buffer) saved in checkpoints."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state` returned."""
+
+    # ------------------------------------------------------------------ rollouts
+    def prompt_ids(self, messages: list[dict[str, str]]) -> list[int] | None:
+        """Tokenized student prompt, or None when it is too long and the policy is ``drop``."""
+        cfg = self.config.data
+        mode = {"drop": "error", "truncate": "left", "error": "error"}[cfg.prompt_overflow]
+        try:
+            ids, _ = chat_prompt_ids(self.tokenizer, messages, cfg.max_prompt_length, mode, self.config.model.chat_template_kwargs)
+        except ValueError:
+            if cfg.prompt_overflow == "drop":
+                return None
+            raise
+        return ids
+
+    def collect(self, examples: list[dict[str, Any]]) -> tuple[list[Sample], dict[str, float]]:
+        """Sample ``n`` responses per example and score them."""
+        prompts, kept, dropped = [], [], 0
+        for example in examples:
+            messages = self.env.prompt_messages(example)
+            ids = self.prompt_ids(messages)
+            if ids is None:
+                dropped += 1
+                continue
+            prompts.append((example, messages, ids))
+        t0 = time.perf_counter()
+        rollouts = self.generator.generate([p[2] for p in prompts], self.config.rollout.n, self.sampling) if prompts else []
+        t1 = time.perf_counter()
+        for r in rollouts:
+            example, messages, ids = prompts[r.prompt_index]
+            kept.append(Sample(example, r.prompt_index, messages, ids, r.response_ids, r.logprobs, r.finished))
+        texts = self.tokenizer.batch_decode([s.response_ids for s in kept], skip_special_tokens=True)
+        feedbacks = self.env.score_batch(texts, [s.example for s in kept], [not s.finished for s in kept])
+        for sample, text, fb in zip(kept, texts, feedbacks, strict=True):
+            sample.text, sample.feedback = text, fb
+        t2 = time.perf_counter()
+        lengths = [len(s.response_ids) for s in kept] or [0]
+        metrics = {
+            "reward/mean": float(np.mean([s.feedback.score for s in kept])) if kept else 0.0,
+            "acc/mean": float(np.mean([s.feedback.acc for s in kept])) if kept else 0.0,
+            "response_length/mean": float(np.mean(lengths)),
+            "response_length/max": float(max(lengths)),
+            "response_length/truncated_fraction": float(np.mean([not s.finished for s in kept])) if kept else 0.0,
+            "data/prompts_dropped": float(dropped),
+            "time/rollout_s": t1 - t0,
+            "time/score_s": t2 - t1,
+        }
+        return kept, metrics
+
+    def tokenize_teacher_prompts(self, samples: list[Sample]) -> dict[str, float]:
+        cfg = self.config.reprompt
+        truncated = 0
+        for s in samples:
+            if s.teacher_messages is None:
+                continue
+            s.teacher_ids, cut = chat_prompt_ids(
+                self.tokenizer, s.teacher_messages, cfg.max_reprompt_len, cfg.reprompt_truncation, self.config.model.chat_template_kwargs
+            )
+            truncated += cut
+        return {"self_distillation/teacher_prompt_truncated": float(truncated)}
+
+    # ------------------------------------------------------------------ update
+    def _mini_batches(self, samples: list[Sample]) -> list[list[Sample]]:
+        cfg = self.config.train
+        per_mini = (cfg.mini_batch_size or cfg.batch_size) * self.config.rollout.n
+        return [samples[i : i + per_mini] for i in range(0, len(samples), per_mini)]
+
+    def _micro_batches(self, samples: list[Sample]) -> list[list[Sample]]:
+        budget = self.config.train.micro_batch_tokens
+        batches: list[list[Sample]] = []
+        current: list[Sample] = []
+        width = 0
+        for s in samples:
+            length = len(s.response_ids) + max(len(s.prompt_ids), len(s.teacher_ids or ()))
+            if current and (len(current) + 1) * max(width, length) > budget:
+                batches.append(current)
+                current, width = [], 0
+            current.append(s)
+            width = max(width, length)
+        if current:
+            batches.append(current)
+        return batches
+
+    @torch.no_grad()
+    def _old_logprobs(self, samples: list[Sample]) -> None:
+        """Log-probs of the policy before this step's updates (only needed off-policy)."""
+        head = lm_head(self.model)
+        for micro in self._micro_batches(samples):
+            rows = pack_rows([s.prompt_ids for s in micro], [s.response_ids for s in micro], self.generator.pad_id)
+            hidden = response_hidden(self.model, rows)
+            ids = torch.tensor([t for s in micro for t in s.response_ids])
+            logp, _ = token_terms(logits_fn([(head, hidden, 1.0)], self.config.rollout.temperature), None, ids, None,
+                                  self.config.train.loss_chunk_size, recompute=False)
+            start = 0
+            for s in micro:
+                s.extra["old_logprobs"] = logp[start : start + len(s.response_ids)].clone()
+                start += len(s.response_ids)
+
+    def _micro_loss(self, micro: list[Sample], w_sd: list[torch.Tensor], w_pg: list[torch.Tensor], off_policy: bool):
+        cfg = self.config
+        temperature = cfg.rollout.temperature
+        pad = self.generator.pad_id
+        responses = [s.response_ids for s in micro]
+        rows = pack_rows([s.prompt_ids for s in micro], responses, pad)
+        hidden = response_hidden(self.model, rows)
+        student_fn = logits_fn([(lm_head(self.model), hidden, 1.0)], temperature)
+        teacher_fn = None
+        if self.pg_weight < 1.0:
+            with torch.no_grad():
+                trows: PackedRows = pack_rows([s.teacher_ids for s in micro], responses, pad)
+                pairs = [(lm_head(m), response_hidden(m, trows), w) for m, w in self.teacher.models]
+            teacher_fn = logits_fn(pairs, temperature)
+        ids = torch.tensor([t for r in responses for t in r])
+        logp, div = token_terms(student_fn, teacher_fn, ids, self.spec, cfg.train.loss_chunk_size)
+
+        old = torch.cat([s.extra["old_logprobs"] for s in micro]) if off_policy else logp.detach()
+        tis = torch.ones_like(logp)
+        if cfg.train.rollout_is_threshold is not None and all(s.rollout_logprobs is not None for s in micro):
+            rollout = torch.tensor([x for s in micro for x in s.rollout_logprobs])
+            tis = torch.exp((old - rollout).clamp(-20, 20)).clamp(max=cfg.train.rollout_is_threshold)
+        loss = logp.new_zeros(())
+        stats: dict[str, float] = {}
+        if self.pg_weight < 1.0:
+            weights = torch.cat(w_sd)
+            ratio = is_ratio(logp, old if off_policy else None, cfg.loss.is_clip)
+            distill = (weights * ratio * tis * div).sum()
+            loss = loss + (1.0 - self.pg_weight) * distill
+            on = weights > 0
+            stats.update(distill=float(distill.detach()), div_sum=float(div.detach()[on].sum()), div_tokens=float(on.sum()),
+                         ratio_sum=float(ratio[on].sum()))
+        if self.pg_weight > 0.0:
+            adv = torch.cat([torch.full((len(s.response_ids),), s.advantage) for s in micro])
+            per_tok, clipped = ppo_clip_token_loss(logp, old, adv, cfg.loss.clip_low, cfg.loss.clip_high, cfg.loss.dual_clip)
+            pg = (torch.cat(w_pg) * tis * per_tok).sum()
+            loss = loss + self.pg_weight * pg
+            stats.update(pg=float(pg.detach()), clipped=float(clipped.sum()))
+        stats.update(tis_sum=float(tis.sum()), tokens=float(ids.numel()))
+        return loss, stats
+
+    def optimize(self, samples: list[Sample]) -> dict[str, float]:
+        """Mini-batch updates on the collected samples; returns averaged metrics."""
+        cfg = self.config
+        minis = self._mini_batches(samples)
+        off_policy = len(minis) > 1
+        if off_policy:
+            self._old_logprobs(samples)
+        totals: dict[str, float] = {}
+        grad_norms, skipped = [], 0
+        for mini in minis:
+            self.optimizer.zero_grad()
+            lengths = [len(s.response_ids) for s in mini]
+            width = max(lengths)
+            resp_mask = torch.tensor([[1.0] * n + [0.0] * (width - n) for n in lengths])
+            sd = torch.tensor([float(s.sd_mask) for s in mini])[:, None]
+            seq_w = torch.tensor([s.seq_weight for s in mini])
+            wsd = token_weights(resp_mask * sd, seq_w, cfg.loss.aggregation)
+            wpg = token_weights(resp_mask, None, cfg.loss.pg_aggregation, norm_length=cfg.rollout.max_new_tokens)
+            index = {id(s): i for i, s in enumerate(mini)}
+            active = [s for s in mini if self.pg_weight > 0 or s.sd_mask]
+            for micro in self._micro_batches(active):
+                rows = [index[id(s)] for s in micro]
+                loss, stats = self._micro_loss(
+                    micro, [wsd[r, : lengths[r]] for r in rows], [wpg[r, : lengths[r]] for r in rows], off_policy
+                )
+                if loss.requires_grad:
+                    loss.backward()
+                for k, v in stats.items():
+                    totals[k] = totals.get(k, 0.0) + v
+            norm = self.optimizer.clip_and_check(cfg.train.grad_clip)
+            grad_norms.append(norm)
+            if math.isfinite(norm):
+                self.optimizer.step()
+                self.scheduler.step()
+                if self.teacher is not None:
+                    self.teacher.update(self.optimizer.master_state())
+                self.nonfinite_in_a_row = 0
+            else:
+                skipped += 1
+                self.nonfinite_in_a_row += 1
+                log.warning("step %d: non-finite gradient norm, optimizer step and teacher update skipped", self.step)
+                if self.nonfinite_in_a_row >= cfg.train.max_nonfinite_steps:
+                    raise NonFiniteError(
+                        f"{self.nonfinite_in_a_row} optimizer steps in a row had non-finite gradients; stopping"
+                    )
+        self.optimizer.zero_grad()
+        n_mini = max(1, len(minis))
+        metrics = {
+            "actor/grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0,
+            "actor/lr": float(self.scheduler.get_last_lr()[0]),
+            "actor/nonfinite_steps": float(skipped),
+            "actor/optimizer_steps": float(len(minis) - skipped),
+            "actor/tis_mean": totals.get("tis_sum", 0.0) / max(1.0, totals.get("tokens", 0.0)),
+        }
+        if self.pg_weight < 1.0:
+            metrics["loss/distill"] = totals.get("distill", 0.0) / n_mini
+            metrics["self_distillation/divergence_mean"] = totals.get("div_sum", 0.0) / max(1.0, totals.get("div_tokens", 0.0))
+            metrics["self_distillation/is_ratio_mean"] = totals.get("ratio_sum", 0.0) / max(1.0, totals.get("div_tokens", 0.0))
+        if self.pg_weight > 0.0:
+            metrics["loss/pg"] = totals.get("pg", 0.0) / n_mini
+            metrics["actor/pg_clip_fraction"] = totals.get("clipped", 0.0) / max(1.0, totals.get("tokens", 0.0))
+        return metrics
+
+    # ------------------------------------------------------------------ one step, the loop
+    def prepare_update(self, samples: list[Sample]) -> dict[str, float]:
+        """Teacher contexts and advantages for the collected samples."""
+        metrics: dict[str, float] = {}
+        if self.pg_weight > 0.0:
+            adv = group_advantages(torch.tensor([s.feedback.score for s in samples]), [s.group for s in samples],
+                                   self.config.loss.norm_adv_by_std)
+            for s, a in zip(samples, adv.tolist(), strict=True):
+                s.advantage = a
+        if self.uses_teacher:
+            metrics.update(self.build_teacher_contexts(samples))
+            metrics.update(self.tokenize_teacher_prompts(samples))
+        return metrics
+
+    def train_step(self) -> dict[str, float]:
+        t0 = time.perf_counter()
+        examples = self.data.next_batch(self.config.train.batch_size)
+        samples, metrics = self.collect(examples)
+        metrics.update(self.prepare_update(samples))
+        t1 = time.perf_counter()
+        if samples:
+            metrics.update(self.optimize(samples))
+        metrics["time/update_s"] = time.perf_counter() - t1
+        self.step += 1
+        self.rollouts_seen += len(samples)
+        self.elapsed += time.perf_counter() - t0
+        metrics.update({"time/step_s": time.perf_counter() - t0, "progress/rollouts": float(self.rollouts_seen),
+                        "progress/elapsed_s": self.elapsed})
+        self.logger.log_samples(self.step, [self.sample_record(s) for s in samples[: self.config.logging.samples_per_step]])
+        return metrics
+
+    def sample_record(self, s: Sample) -> dict[str, Any]:
+        return {
+            "example_id": self.env.example_id(s.example) if s.example else None,
+            "prompt": s.prompt_messages[-1]["content"],
+            "response": s.text,
+            "score": s.feedback.score,
+            "acc": s.feedback.acc,
+            "feedback": s.feedback.feedback,
+            "teacher_prompt": s.teacher_messages[-1]["content"] if s.teacher_messages else None,
+            "sd_mask": s.sd_mask,
+            **{k: v for k, v in s.extra.items() if isinstance(v, (str, int, float, bool))},
+        }
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        def request_stop(signum, _frame):
+            log.warning("received signal %d: saving a checkpoint after this step and stopping", signum)
+            self.stop_requested = True
+
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[sig] = signal.signal(sig, request_stop)
+            except ValueError:  # not in the main thread
+                pass
+        return previous
+
+    def train(self) -> Path:
+        """Run until ``train.steps`` (or the data, for single-pass trainers) is done. Returns the run dir."""
+        cfg = self.config
+        previous = self._install_signal_handlers()
+        bar = tqdm(total=cfg.train.steps, initial=self.step, desc=cfg.name, disable=not cfg.logging.progress, dynamic_ncols=True)
+        try:
+            while self.step < cfg.train.steps and not self.stop_requested:
+                if self.data.exhausted(cfg.train.batch_size):
+                    break
+                metrics = self.train_step()
+                if self.step % cfg.logging.log_every == 0:
+                    self.logger.log(self.step, metrics)
+                bar.update(1)
+                bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", loss=f"{metrics.get('loss/distill', metrics.get('loss/pg', 0.0)):.4f}")
+                if cfg.logging.save_every and self.step % cfg.logging.save_every == 0:
+                    self.save()
+            self.save()
+        finally:
+            bar.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.logger.close()
+        return self.run_dir
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def checkpoint_root(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def save(self) -> Path:
+        tensors = {"student": {n: p.detach() for n, p in self.model.named_parameters()}}
+        if self.teacher is not None and self.teacher.module is not None:
+            tensors["teacher"] = self.teacher.state_dict()
+        objects = {"optimizer": {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+                   "rng": rng_state()}
+        state = {
+            "step": self.step,
+            "rollouts_seen": self.rollouts_seen,
+            "elapsed": self.elapsed,
+            "nonfinite_in_a_row": self.nonfinite_in_a_row,
+            "data": self.data.state_dict(),
+            "extra": self.extra_state(),
+        }
+        return save_checkpoint(self.checkpoint_root, self.step, tensors, objects, state, self.config.logging.keep_last)
+
+    @torch.no_grad()
+    def resume(self, path: str | Path | None = None) -> bool:
+        """Load the given checkpoint, or the newest valid one of this run. Returns False if none exists."""
+        path = Path(path) if path is not None else latest_valid(self.checkpoint_root)
+        if path is None:
+            return False
+        tensors, objects, state = load_checkpoint(path)
+        params = dict(self.model.named_parameters())
+        for name, value in tensors["student"].items():
+            params[name].copy_(value)
+        if self.teacher is not None and "teacher" in tensors:
+            self.teacher.load_state_dict(tensors["teacher"])
+        self.optimizer.load_state_dict(objects["optimizer"]["optimizer"])
+        self.scheduler.load_state_dict(objects["optimizer"]["scheduler"])
+        set_rng_state(objects["rng"])
+        self.step = int(state["step"])
+        self.rollouts_seen = int(state["rollouts_seen"])
+        self.elapsed = float(state["elapsed"])
+        self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
+        self.data.load_state_dict(state["data"])
+        self.load_extra_state(state.get("extra", {}))
+        self.logger.truncate_after(self.step)
+        log.info("resumed from %s at step %d", path, self.step)
+        return True
