@@ -103,7 +103,6 @@ class Trainer:
     def __init__(self, config: Config, *, model=None, tokenizer=None, env=None, run_dir: str | Path | None = None) -> None:
         self.config = cfg = config
         seed_everything(cfg.seed)
-        torch.set_num_threads(max(1, torch.get_num_threads()))
         self.tokenizer = tokenizer or load_tokenizer(cfg.model.tokenizer or cfg.model.name)
         self.model = model or load_model(cfg.model.name, cfg.model.precision, self.tokenizer, tiny=cfg.model.tiny)
         if cfg.model.gradient_checkpointing:
