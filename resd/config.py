@@ -117,6 +117,56 @@ class RepromptSection(Section):
     feedback_template: str = FEEDBACK_TEMPLATE
 
 
+class StreamConfig(Section):
+    """RESD's stream trainer: one pass over the data, K inner updates per outer batch (RESD.md §1.2, §4)."""
+
+    enabled: bool = Field(False, description="use the stream loop (always on for algorithm=resd)")
+    inner_steps: int = Field(4, ge=1, description="max_updates_per_batch K")
+    min_inner_steps: int = Field(4, ge=1, description="inner steps before the early exit may fire")
+    early_exit_threshold: float = Field(
+        0.0, ge=0, le=1, description="stop a batch when the fraction of prompts whose mean score improved is below this"
+    )
+    num_batches: int | None = Field(None, ge=1, description="outer batches to run (None: the whole training split)")
+    val_every_batches: int = Field(1, ge=0, description="validate every N outer batches (0: never)")
+    save_every_batches: int = Field(1, ge=0, description="checkpoint every N outer batches (0: only at the end)")
+
+
+class ReflectorConfig(Section):
+    backend: Literal["policy", "model", "http"] = Field("policy", description="who writes reflections and curations")
+    model: str | None = Field(None, description="model name/path (backend=model) or served model name (http)")
+    url: str | None = Field(None, description="OpenAI-compatible endpoint (backend=http)")
+    api_key_env: str | None = Field(None, description="environment variable holding the API key (http)")
+    max_new_tokens: int = Field(512, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_prompt_tokens: int = Field(8192, ge=1, description="longer reflector/curator prompts keep their end")
+
+
+class ResdConfig(Section):
+    """RESD's context updater and teacher prompt (RESD.md §2.7, §3.4-3.5)."""
+
+    playbook_mode: Literal["global", "per_example"] = "global"
+    concise_frequency: int | None = Field(4, ge=1)
+    max_bullets: int | None = Field(200, ge=1)
+    concise_method: Literal["reset", "prioritized", "staleness"] = "staleness"
+    concise_after_curation: bool = True
+    tag_correct_samples: bool = True
+    use_solution_buffer: bool = True
+    dedup_threshold: float | None = Field(0.8, gt=0, le=1, description="word-Jaccard near-duplicate merge; None: off")
+    use_playbook_in_teacher_prompt: bool = True
+    use_previous_trial_in_teacher_prompt: bool = True
+    use_feedback_in_teacher_prompt: bool = True
+    use_reflection_in_teacher_prompt: bool = True
+    use_solution_in_teacher_prompt: bool = True
+    feedback_only_without_solution: bool = True
+    teacher_template: str | None = Field(None, description="path of a replacement teacher template")
+    max_section_chars: int | None = Field(8000, ge=100, description="cap on each long section of the teacher prompt")
+    success_rate_weighting: bool = False
+    success_rate_alpha: float = Field(1.0, ge=0)
+    success_rate_beta: float = Field(1.0, ge=0)
+    reflector: ReflectorConfig = Field(default_factory=ReflectorConfig)
+
+
 class LoggingConfig(Section):
     run_dir: str | None = Field(None, description="default: runs/<name>-<timestamp>")
     log_every: int = Field(1, ge=1)
@@ -132,7 +182,9 @@ class LoggingConfig(Section):
 
 class Config(Section):
     name: str = "run"
-    algorithm: Literal["grpo", "sdpo"] = "sdpo"
+    algorithm: Literal["grpo", "sdpo", "sdpo+ss", "resd"] = Field(
+        "sdpo", description="sdpo+ss: SDPO with the sample's own success as demonstration; resd: stream + reflection"
+    )
     seed: int = 0
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -141,7 +193,13 @@ class Config(Section):
     loss: LossConfig = Field(default_factory=LossConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     reprompt: RepromptSection = Field(default_factory=RepromptSection)
+    stream: StreamConfig = Field(default_factory=StreamConfig)
+    resd: ResdConfig = Field(default_factory=ResdConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @property
+    def uses_stream(self) -> bool:
+        return self.algorithm == "resd" or self.stream.enabled
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -151,10 +209,15 @@ def available_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
+# Free-form mappings that a later layer replaces whole (merging the keyword arguments of one
+# environment into those of another would make no sense).
+_REPLACED_WHOLE = {"env_kwargs", "chat_template_kwargs"}
+
+
 def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in _REPLACED_WHOLE:
             out[key] = _deep_merge(out[key], value)
         else:
             out[key] = value

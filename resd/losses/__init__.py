@@ -6,7 +6,7 @@
 - :func:`token_terms`: the chunked core used by the trainer (bounded memory).
 """
 
-from resd.losses.aggregation import AGGREGATIONS, token_weights
+from resd.losses.aggregation import AGGREGATIONS, success_rate_weights, token_weights
 from resd.losses.distillation import (
     DistillationSpec,
     divergence,
@@ -25,6 +25,7 @@ __all__ = [
     "is_ratio",
     "ppo_clip_token_loss",
     "self_distillation_loss",
+    "success_rate_weights",
     "token_terms",
     "token_weights",
 ]

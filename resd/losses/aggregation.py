@@ -38,3 +38,21 @@ def token_weights(
     if seq_weights is not None:
         w = w * seq_weights.float()[:, None]
     return w
+
+
+def success_rate_weights(successes: list[bool], alpha: float = 1.0, beta: float = 1.0) -> torch.Tensor:
+    """RESD's per-sequence rebalancing (RESD.md §1.4).
+
+    With s the batch success rate clipped to [1/B, 1 - 1/B], a success gets ``(1 - s)**alpha`` and a
+    failure ``s**beta``; the weights are then scaled to mean 1 (all ones if the mean is below 1e-8).
+    """
+    n = len(successes)
+    if n == 0:
+        return torch.ones(0)
+    s = sum(successes) / n
+    s = min(max(s, 1.0 / n), 1.0 - 1.0 / n) if n > 1 else s
+    raw = torch.tensor([(1.0 - s) ** alpha if ok else s**beta for ok in successes], dtype=torch.float64)
+    mean = raw.mean()
+    if mean < 1e-8:
+        return torch.ones(n)
+    return (raw / mean).float()

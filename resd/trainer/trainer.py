@@ -123,6 +123,8 @@ class Trainer:
         self.reprompt = RepromptConfig(
             **{f.name: getattr(cfg.reprompt, f.name) for f in dataclasses.fields(RepromptConfig)}
         )
+        if cfg.algorithm == "sdpo+ss":  # SDPO whose own success may be its demonstration
+            self.reprompt = dataclasses.replace(self.reprompt, dont_reprompt_on_self_success=False)
         trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         self.optimizer = MasterWeightAdamW(trainable, cfg.train.lr, tuple(cfg.train.betas), cfg.train.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -428,22 +430,33 @@ class Trainer:
                 pass
         return previous
 
+    def planned_steps(self) -> int:
+        return self.config.train.steps
+
+    def finished(self) -> bool:
+        return self.step >= self.config.train.steps or self.data.exhausted(self.config.train.batch_size)
+
+    def after_step(self) -> None:
+        """Periodic work after a logged step (checkpoints; validation in subclasses)."""
+        every = self.config.logging.save_every
+        if every and self.step % every == 0:
+            self.save()
+
     def train(self) -> Path:
-        """Run until ``train.steps`` (or the data, for single-pass trainers) is done. Returns the run dir."""
+        """Run until the planned steps (or the data, for single-pass trainers) are done. Returns the run dir."""
         cfg = self.config
         previous = self._install_signal_handlers()
-        bar = tqdm(total=cfg.train.steps, initial=self.step, desc=cfg.name, disable=not cfg.logging.progress, dynamic_ncols=True)
+        bar = tqdm(total=self.planned_steps(), initial=self.step, desc=cfg.name, disable=not cfg.logging.progress,
+                   dynamic_ncols=True)
         try:
-            while self.step < cfg.train.steps and not self.stop_requested:
-                if self.data.exhausted(cfg.train.batch_size):
-                    break
+            while not self.finished() and not self.stop_requested:
                 metrics = self.train_step()
                 if self.step % cfg.logging.log_every == 0:
                     self.logger.log(self.step, metrics)
                 bar.update(1)
-                bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", loss=f"{metrics.get('loss/distill', metrics.get('loss/pg', 0.0)):.4f}")
-                if cfg.logging.save_every and self.step % cfg.logging.save_every == 0:
-                    self.save()
+                loss = metrics.get("loss/distill", metrics.get("loss/pg", 0.0))
+                bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", loss=f"{loss:.4f}")
+                self.after_step()
             self.save()
         finally:
             bar.close()

@@ -1,0 +1,101 @@
+"""RESD's teacher prompt: the task plus playbook, previous trial, feedback, reflection and solution.
+
+Follows RESD.md §3.4-3.5 (the "v4" layout) with our own wording and the truncated instruction of the
+release (bug B5) completed. The wording lives in a template file (``resd/templates/teacher.txt``)
+that a user can replace with ``resd.teacher_template=PATH``; the task noun and the final line come
+from the environment (``task_description``, ``final_instruction``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import string
+from pathlib import Path
+
+from resd.context.parsing import strip_thinking
+
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
+PLACEHOLDERS = {"task_description", "prompt", "playbook", "previous_trial", "feedback", "reflection", "solution",
+                "final_instruction"}
+SOLUTION_TEMPLATE = "\nCorrect solution:\n\n{successful_previous_attempt}"
+FEEDBACK_TEMPLATE = "\n### The following is feedback from your earlier attempt:\n<feedback>{feedback_raw}</feedback>"
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherPromptConfig:
+    """Which sections the RESD teacher sees (RESD.md §2.7 ``use_*_in_teacher_prompt``)."""
+
+    use_playbook: bool = True
+    use_previous_trial: bool = True
+    use_feedback: bool = True
+    use_reflection: bool = True
+    use_solution: bool = True
+    feedback_only_without_solution: bool = True
+    remove_thinking_from_solution: bool = True
+    max_section_chars: int | None = 8000
+
+
+def load_template(path: str | Path | None = None) -> str:
+    """Read a teacher template and check that it uses only the known placeholders."""
+    text = Path(path).read_text(encoding="utf-8") if path else (TEMPLATE_DIR / "teacher.txt").read_text(encoding="utf-8")
+    fields = {name for _, name, _, _ in string.Formatter().parse(text) if name}
+    unknown = fields - PLACEHOLDERS
+    if unknown:
+        raise ValueError(f"teacher template {path or 'teacher.txt'} has unknown placeholders: {sorted(unknown)}")
+    return text.rstrip("\n")
+
+
+def _clip(text: str, limit: int | None) -> str:
+    if limit is None or len(text) <= limit:
+        return text
+    half = limit // 2
+    return text[:half] + "\n...[truncated]...\n" + text[-half:]
+
+
+@dataclasses.dataclass
+class TeacherPromptParts:
+    text: str
+    solution_used: bool
+    feedback_used: bool
+    reflection_used: bool
+
+    @property
+    def sd_mask(self) -> bool:
+        """RESD.md §1.3: a target exists if there is a solution, used feedback or a reflection."""
+        return self.solution_used or self.feedback_used or self.reflection_used
+
+
+def build_teacher_prompt(
+    template: str,
+    *,
+    prompt: str,
+    previous_trial: str,
+    feedback: str | None,
+    reflection: str,
+    solution: str | None,
+    playbook: str,
+    task_description: str,
+    final_instruction: str,
+    config: TeacherPromptConfig = TeacherPromptConfig(),
+) -> TeacherPromptParts:
+    """Fill the teacher template for one sample (RESD.md §3.5)."""
+    limit = config.max_section_chars
+    solution = solution if config.use_solution else None
+    if solution is not None and config.remove_thinking_from_solution:
+        solution = strip_thinking(solution)
+    feedback_used = (
+        config.use_feedback and bool(feedback and feedback.strip())
+        and (solution is None or not config.feedback_only_without_solution)
+    )
+    reflection = strip_thinking(reflection).strip() if config.use_reflection and reflection else ""
+    text = template.format(
+        task_description=task_description,
+        prompt=prompt,
+        playbook=playbook if config.use_playbook else "",
+        previous_trial=_clip(strip_thinking(previous_trial), limit) if config.use_previous_trial else "",
+        feedback=FEEDBACK_TEMPLATE.format(feedback_raw=_clip(feedback or "", limit)) if feedback_used else "",
+        reflection=_clip(reflection, limit),
+        solution=SOLUTION_TEMPLATE.format(successful_previous_attempt=_clip(solution, limit)) if solution is not None else "",
+        final_instruction=final_instruction,
+    )
+    return TeacherPromptParts(text, solution is not None, feedback_used, bool(reflection))

@@ -1,0 +1,207 @@
+"""RESD's context update: concise -> reflect on failures -> success tags -> curate -> trim (RESD.md §2.4).
+
+:class:`ContextUpdater` owns the playbooks and the solution buffer. It does not know about models:
+reflector and curator text comes from a ``generate(list_of_chat_messages) -> list_of_texts``
+callable (the policy, a separate model, an HTTP endpoint, or a script in tests).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from resd.context.concise import maybe_concise, trim_after_curation
+from resd.context.curation import Dedup, apply_operations, jaccard_similarity
+from resd.context.parsing import parse_curator, parse_reflection, strip_thinking
+from resd.context.playbook import Playbook, PlaybookStore, TagCounts
+from resd.context.prompts import CURATOR, REFLECTOR, SUCCESS_REFLECTOR
+from resd.context.solution_buffer import SolutionBuffer
+
+TextGenerate = Callable[[Sequence[list[dict[str, str]]]], list[str]]
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdaterConfig:
+    """Context-updater settings (RESD.md §2.7; defaults are those of the RESD run scripts)."""
+
+    playbook_mode: str = "global"
+    concise_frequency: int | None = 4
+    max_bullets: int | None = 200
+    concise_method: str = "staleness"
+    concise_after_curation: bool = True
+    tag_correct_samples: bool = True
+    dedup_threshold: float | None = 0.8
+    reflector_template: str = REFLECTOR
+    success_reflector_template: str = SUCCESS_REFLECTOR
+    curator_template: str = CURATOR
+    max_response_chars: int | None = 6000
+
+
+@dataclasses.dataclass
+class UpdateItem:
+    """One rollout as the context updater sees it."""
+
+    example_id: str
+    prompt: str
+    response: str
+    feedback: str
+    acc: float
+
+
+def _clip(text: str, limit: int | None) -> str:
+    if limit is None or len(text) <= limit:
+        return text
+    half = limit // 2
+    return text[:half] + "\n...[truncated]...\n" + text[-half:]
+
+
+class ContextUpdater:
+    """Holds the playbook(s) and solution buffer and runs one context update per training step."""
+
+    def __init__(self, config: UpdaterConfig = UpdaterConfig(), seed: int = 0) -> None:
+        self.config = config
+        self.store = PlaybookStore(config.playbook_mode, seed=seed)
+        self.buffer = SolutionBuffer()
+        self.dedup = Dedup(config.dedup_threshold, jaccard_similarity) if config.dedup_threshold else None
+
+    # ------------------------------------------------------------------ helpers
+    def playbook(self, example_id: str | None = None) -> Playbook:
+        return self.store.get(example_id)
+
+    def playbook_text(self, example_id: str | None = None) -> str:
+        """The playbook for the teacher prompt: "" while it has no bullet (RESD.md §3.5)."""
+        pb = self.store.get(example_id)
+        return "" if pb.is_empty() else pb.render()
+
+    def _reflector_messages(self, item: UpdateItem, pb: Playbook) -> list[dict[str, str]]:
+        text = self.config.reflector_template.format(
+            prompt=item.prompt,
+            response=_clip(strip_thinking(item.response), self.config.max_response_chars),
+            feedback=item.feedback or "",
+            teacher_feedback="",
+            playbook=pb.render(),
+        )
+        return [{"role": "user", "content": text}]
+
+    def _success_messages(self, item: UpdateItem, pb: Playbook) -> list[dict[str, str]]:
+        text = self.config.success_reflector_template.format(
+            prompt=item.prompt, response=_clip(strip_thinking(item.response), self.config.max_response_chars),
+            playbook=pb.render(),
+        )
+        return [{"role": "user", "content": text}]
+
+    def _curator_messages(self, item: UpdateItem, reflection: str, pb: Playbook) -> list[dict[str, str]]:
+        text = self.config.curator_template.format(
+            playbook_stats=json.dumps(pb.stats(), indent=2),
+            recent_reflection=reflection,
+            current_playbook=pb.render(),
+            prompt=item.prompt,
+        )
+        return [{"role": "user", "content": text}]
+
+    # ------------------------------------------------------------------ the update
+    def update(self, items: Sequence[UpdateItem], generate: TextGenerate) -> tuple[list[str], dict[str, float]]:
+        """One context update on a batch. Returns the reflection per item ("" for correct ones) and metrics.
+
+        Order (RESD.md §2.4): concise check per active playbook -> one reflection per incorrect item,
+        all against the same playbook version -> tags applied reflection by reflection -> success
+        tags from correct items (one per example) -> one curation per incorrect example, all
+        operations applied together -> trim over the cap -> update_count += 1.
+        """
+        cfg = self.config
+        metrics: dict[str, float] = {}
+        active = {self.store.key(it.example_id): self.store.get(it.example_id) for it in items}
+        if not active:
+            active = {self.store.key(None): self.store.get(None)} if self.store.mode == "global" else {}
+        removed = 0
+        for pb in active.values():
+            result = maybe_concise(pb, cfg.concise_method, frequency=cfg.concise_frequency, max_bullets=cfg.max_bullets)
+            if result is not None:
+                removed += len(result.removed)
+                metrics[f"playbook/concise_{result.trigger}"] = metrics.get(f"playbook/concise_{result.trigger}", 0) + 1
+
+        incorrect = [i for i, it in enumerate(items) if not it.acc >= 1.0]
+        correct = [i for i, it in enumerate(items) if it.acc >= 1.0]
+        reflections = [""] * len(items)
+        tags = TagCounts()
+        reflector_failures = curator_failures = 0
+
+        if incorrect:
+            outputs = generate([self._reflector_messages(items[i], self.store.get(items[i].example_id)) for i in incorrect])
+            for i, raw in zip(incorrect, outputs, strict=True):
+                parsed = parse_reflection(raw)
+                reflections[i] = parsed.text
+                if not parsed.ok:
+                    reflector_failures += 1
+                    continue
+                tags += self.store.get(items[i].example_id).apply_tags(parsed.bullet_tags)
+
+        if cfg.tag_correct_samples and correct:
+            first_by_example: dict[str, int] = {}
+            for i in correct:
+                first_by_example.setdefault(items[i].example_id, i)
+            chosen = list(first_by_example.values())
+            outputs = generate([self._success_messages(items[i], self.store.get(items[i].example_id)) for i in chosen])
+            for i, raw in zip(chosen, outputs, strict=True):
+                parsed = parse_reflection(raw)
+                if not parsed.ok:
+                    reflector_failures += 1
+                    continue
+                tags += self.store.get(items[i].example_id).apply_tags(parsed.bullet_tags)
+
+        summary_metrics: dict[str, float] = {}
+        if incorrect:
+            first_by_example = {}
+            for i in incorrect:
+                first_by_example.setdefault(items[i].example_id, i)
+            chosen = list(first_by_example.values())
+            outputs = generate([
+                self._curator_messages(items[i], reflections[i], self.store.get(items[i].example_id)) for i in chosen
+            ])
+            ops_by_playbook: dict[str, list[dict[str, Any]]] = {}
+            for i, raw in zip(chosen, outputs, strict=True):
+                parsed = parse_curator(raw)
+                if not parsed.ok:
+                    curator_failures += 1
+                    continue
+                ops_by_playbook.setdefault(self.store.key(items[i].example_id), []).extend(parsed.operations)
+            for key, ops in ops_by_playbook.items():
+                summary = apply_operations(self.store.playbooks[key], ops, dedup=self.dedup)
+                for k, v in summary.as_metrics().items():
+                    summary_metrics[k] = summary_metrics.get(k, 0) + v
+
+        if cfg.concise_after_curation:
+            for pb in active.values():
+                result = trim_after_curation(pb, cfg.concise_method, cfg.max_bullets)
+                if result is not None:
+                    removed += len(result.removed)
+        for pb in active.values():
+            pb.advance()
+
+        lengths = [len(reflections[i]) for i in incorrect]
+        sizes = [pb.total() for pb in active.values()]
+        metrics.update({
+            "playbook/size": float(sum(sizes) / max(1, len(sizes))),
+            "playbook/removed": float(removed),
+            "tags/helpful": float(tags.helpful),
+            "tags/harmful": float(tags.harmful),
+            "tags/neutral": float(tags.neutral),
+            "tags/unknown_id": float(tags.unknown_id),
+            "tags/invalid": float(tags.invalid_tag),
+            "parse/reflector_failures": float(reflector_failures),
+            "parse/curator_failures": float(curator_failures),
+            "reflection/count": float(len(incorrect)),
+            "reflection/length_mean": float(sum(lengths) / len(lengths)) if lengths else 0.0,
+        })
+        metrics.update({f"playbook/{k}": float(v) for k, v in summary_metrics.items()})
+        return reflections, metrics
+
+    # ------------------------------------------------------------------ state
+    def to_state(self) -> dict[str, Any]:
+        return {"playbooks": self.store.to_state(), "buffer": self.buffer.to_state()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.store = PlaybookStore.from_state(state["playbooks"])
+        self.buffer = SolutionBuffer.from_state(state["buffer"])

@@ -1,0 +1,183 @@
+"""The RESD stream trainer end to end on a tiny model with a scripted reflector/curator."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from resd.context.parsing import strip_thinking
+from resd.envs import register
+from resd.envs.base import Environment, Feedback
+from resd.trainer import StreamTrainer, build_trainer
+
+
+@register("parity-test")
+class ParityEnv(Environment):
+    """Success iff the response has an even number of characters: a deterministic mix of outcomes."""
+
+    task_description = "writing even-length answers"
+    final_instruction = "Answer again with the above information:"
+
+    def load_split(self, split, path=None, limit=None):
+        rows = [{"id": f"{split}-{i}", "question": f"Say something about {i}."} for i in range(8)]
+        return rows[:limit] if limit else rows
+
+    def prompt_messages(self, example):
+        return [{"role": "system", "content": "sys"}, {"role": "user", "content": example["question"]}]
+
+    def score(self, response, example, *, truncated=False):
+        ok = len(response) % 2 == 0
+        return Feedback(float(ok), float(ok), "" if ok else f"odd length {len(response)} for {example['id']}")
+
+
+class ScriptedReflector:
+    """Deterministic reflector / success-reflector / curator text; records the call order."""
+
+    def __init__(self):
+        self.calls: list[str] = []
+        self.counter = 0
+
+    def __call__(self, conversations):
+        out = []
+        for messages in conversations:
+            text = messages[-1]["content"]
+            self.counter += 1
+            if "curator" in text:
+                self.calls.append("curator")
+                out.append(json.dumps({"reasoning": "r", "operations": [
+                    {"type": "ADD", "section": "common_mistakes_to_avoid", "content": f"lesson {self.counter}"}]}))
+            elif "answered correctly" in text:
+                self.calls.append("success")
+                out.append(json.dumps({"reasoning": "ok", "bullet_tags": [{"id": "err-00001", "tag": "helpful"}]}))
+            else:
+                self.calls.append("reflector")
+                out.append("<think>hmm</think>" + json.dumps({
+                    "reasoning": "why", "error_identification": "odd", "root_cause_analysis": "rc",
+                    "correct_approach": "be even", "key_insight": f"insight {self.counter}",
+                    "bullet_tags": [{"id": "err-00001", "tag": "harmful"}]}))
+        return out
+
+
+def _config(tiny_config, *extra):
+    return tiny_config(
+        "algorithm=resd", "data.env=parity-test", "data.env_kwargs={}", "data.shuffle=false", "rollout.n=1", "rollout.max_new_tokens=8",
+        "train.batch_size=4", "stream.inner_steps=2", "stream.min_inner_steps=2", "stream.num_batches=2",
+        "reprompt.dont_reprompt_on_self_success=false", "resd.max_bullets=3", "resd.concise_frequency=4",
+        "teacher.update_rate=0.5", "train.rollout_is_threshold=null", *extra,
+    )
+
+
+def _make(cfg):
+    trainer = build_trainer(cfg)
+    assert isinstance(trainer, StreamTrainer)
+    trainer.text_generate = ScriptedReflector()
+    return trainer
+
+
+def test_resd_stream_order_prompts_buffer_playbook_and_teacher(tiny_config):
+    trainer = _make(_config(tiny_config))
+    script = trainer.text_generate
+    teacher0 = {n: p.clone() for n, p in trainer.teacher.module.named_parameters()}
+
+    seen_samples = []
+    original_optimize = trainer.optimize
+
+    def spy(samples):
+        seen_samples.append(samples)
+        student_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+        teacher_before = {n: p.detach().clone() for n, p in trainer.teacher.module.named_parameters()}
+        out = original_optimize(samples)
+        for n, p in trainer.teacher.module.named_parameters():  # EMA with rate 0.5 after the step
+            expected = 0.5 * teacher_before[n] + 0.5 * dict(trainer.model.named_parameters())[n].detach()
+            torch.testing.assert_close(p, expected, rtol=0, atol=1e-6)
+        assert any(not torch.equal(student_before[n], p) for n, p in trainer.model.named_parameters())
+        return out
+
+    trainer.optimize = spy
+    trainer.train()
+    assert trainer.step == 4 and trainer.outer == 2
+
+    # order inside each step: reflections on failures, then success tags, then curation
+    letters = "".join({"reflector": "r", "success": "s", "curator": "c"}[c] for c in script.calls)
+    assert re.fullmatch(r"((r+s*c+)|s+)+", letters), letters
+    assert "r" in letters and "c" in letters
+
+    lines = [json.loads(x) for x in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stream/outer_batch"] for r in lines] == [0, 0, 1, 1]
+    assert [r["stream/inner_step"] for r in lines] == [0, 1, 0, 1]
+    assert all(r["playbook/size"] <= 3 for r in lines)  # the cap holds after the post-curation trim
+
+    # teacher prompts of the first step
+    first = seen_samples[0]
+    for s in first:
+        text = s.teacher_messages[-1]["content"]
+        assert s.teacher_messages[0] == {"role": "system", "content": "sys"}
+        assert f"<prompt>{s.prompt_messages[-1]['content']}</prompt>" in text
+        assert f"<previous_trial>{strip_thinking(s.text)}</previous_trial>" in text
+        assert text.rstrip().endswith("Answer again with the above information:")
+        assert s.sd_mask
+        if s.feedback.score >= 1:  # own success is the solution, feedback dropped
+            assert f"Correct solution:\n\n{strip_thinking(s.text)}" in text and "<feedback>" not in text
+        else:
+            assert "<feedback>odd length" in text and "insight" in text and "<think>" not in text
+            # the teacher sees the playbook after this step's curation (RESD.md §1.2 step 6)
+            assert "lesson" in text and "[err-" in text
+
+    # buffer: every example that succeeded at least once is stored
+    succeeded = {trainer.env.example_id(s.example) for batch in seen_samples for s in batch if s.feedback.score >= 1}
+    assert set(trainer.updater.buffer.to_state()) == succeeded
+    snapshots = sorted((trainer.run_dir / "playbook").glob("step-*.txt"))
+    assert len(snapshots) == 4
+    assert snapshots[-1].read_text().strip() == trainer.updater.playbook().render()
+    assert any(not torch.equal(teacher0[n], p) for n, p in trainer.teacher.module.named_parameters())
+
+
+def test_stream_resume_mid_batch_is_exact(tiny_config, tmp_path):
+    straight = _make(_config(tiny_config, f"logging.run_dir={tmp_path / 'a'}"))
+    straight.train()
+
+    first = _make(_config(tiny_config, f"logging.run_dir={tmp_path / 'b'}"))
+    first.logger.log(1, first.train_step())
+    assert first.batch is not None and first.inner == 1  # inside an outer batch
+    first.save()
+    resumed = _make(_config(tiny_config, f"logging.run_dir={tmp_path / 'b'}"))
+    resumed.text_generate.counter = first.text_generate.counter
+    assert resumed.resume()
+    assert resumed.step == 1 and resumed.inner == 1 and resumed.batch is not None
+    assert resumed.updater.to_state() == first.updater.to_state()
+    resumed.train()
+
+    for (n, a), (_, b) in zip(straight.model.named_parameters(), resumed.model.named_parameters(), strict=True):
+        assert torch.equal(a, b), n
+    for n, v in straight.teacher.state_dict().items():
+        assert torch.equal(v, resumed.teacher.state_dict()[n]), n
+    assert straight.updater.to_state() == resumed.updater.to_state()
+
+
+def test_early_exit_fires_when_scores_stop_improving(tiny_config):
+    cfg = _config(tiny_config, "stream.inner_steps=4", "stream.min_inner_steps=2", "stream.early_exit_threshold=1.0",
+                  "stream.num_batches=1")
+    trainer = _make(cfg)
+    trainer.train()
+    lines = [json.loads(x) for x in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
+    # with threshold 1.0 the batch stops at the first step >= 2 where not every prompt improved
+    assert lines[-1]["stream/early_exit"] == 1.0
+    assert len(lines) < 4
+
+
+@pytest.mark.parametrize("algorithm", ["sdpo", "sdpo+ss", "grpo"])
+def test_baselines_run_in_the_stream_loop(tiny_config, algorithm):
+    extra = ["stream.enabled=true"]
+    if algorithm == "grpo":
+        extra += ["loss.pg_weight=1.0", "rollout.n=2"]
+    cfg = _config(tiny_config, f"algorithm={algorithm}", *extra, "stream.num_batches=1")
+    trainer = build_trainer(cfg)
+    assert isinstance(trainer, StreamTrainer) and trainer.updater is None
+    trainer.train()
+    lines = [json.loads(x) for x in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 2
+    if algorithm == "sdpo+ss":
+        assert trainer.reprompt.dont_reprompt_on_self_success is False
