@@ -1,0 +1,66 @@
+"""Configuration: presets, YAML, key=value overrides and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from resd.cli import main
+from resd.config import ConfigError, available_presets, load_config, parse_override
+
+
+def test_every_preset_loads():
+    names = available_presets()
+    assert {"smoke", "demo", "sdpo", "grpo", "trl-sdpo"} <= set(names)
+    for name in names:
+        load_config(name)
+
+
+def test_sdpo_preset_pins_the_effective_reference_defaults():
+    cfg = load_config("sdpo")
+    assert (cfg.loss.alpha, cfg.loss.topk, cfg.loss.add_tail, cfg.loss.is_clip) == (0.5, 100, True, 2.0)
+    assert (cfg.teacher.kind, cfg.teacher.update_rate) == ("ema", 0.05)
+    r = cfg.reprompt
+    assert r.success_reward_threshold == 0.5 and r.dont_reprompt_on_self_success and r.remove_thinking_from_demonstration
+    assert r.include_environment_feedback and r.environment_feedback_only_without_solution
+    assert r.max_reprompt_len == 10240 and r.reprompt_truncation == "right"
+    assert (cfg.train.batch_size, cfg.rollout.n, cfg.train.lr) == (32, 8, 1e-5)
+    trl = load_config("trl-sdpo")
+    assert not trl.loss.full_logit and trl.loss.alpha == 1.0 and trl.reprompt.reprompt_truncation == "left"
+    assert trl.reprompt.success_reward_threshold == 1.0 and not trl.reprompt.include_environment_feedback
+
+
+def test_overrides_are_typed():
+    cfg = load_config("smoke", overrides=["train.lr=1e-6", "loss.topk=null", "train.betas=[0.8, 0.9]", "name=x"])
+    assert cfg.train.lr == 1e-6 and cfg.loss.topk is None and cfg.train.betas == (0.8, 0.9) and cfg.name == "x"
+    assert parse_override("a.b=3") == {"a": {"b": 3}}
+
+
+def test_unknown_key_and_bad_value_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.lrr: unknown key"):
+        load_config("smoke", overrides=["train.lrr=1"])
+    with pytest.raises(ConfigError, match=r"loss\.alpha"):
+        load_config("smoke", overrides=["loss.alpha=2"])
+    with pytest.raises(ConfigError, match="sampled-token"):
+        load_config("smoke", overrides=["loss.full_logit=false", "loss.alpha=0.5"])
+    with pytest.raises(ConfigError, match="unknown preset"):
+        load_config("nope")
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config("smoke", overrides=["justakey"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(path=bad)
+
+
+def test_cli_reports_config_errors_without_a_traceback(capsys):
+    assert main(["train", "--preset", "smoke", "train.nope=1"]) == 2
+    assert "train.nope: unknown key" in capsys.readouterr().err
+    assert main(["train", "--preset", "smoke", "--print-config"]) == 0
+    assert "algorithm: sdpo" in capsys.readouterr().out
+
+
+def test_cli_help_lists_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "train" in out and "presets" in out
