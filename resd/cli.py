@@ -22,12 +22,7 @@ def _train(args: argparse.Namespace) -> int:
     from resd.trainer import build_trainer
 
     if args.resume:
-        run_dir = Path(args.resume)
-        config_file = run_dir / "config.yaml"
-        if not config_file.is_file():
-            print(f"error: {run_dir} has no config.yaml; is it a run directory?", file=sys.stderr)
-            return 2
-        config = load_config(path=config_file, overrides=[f"logging.run_dir={run_dir}", *args.overrides])
+        config = _load_run_config(Path(args.resume), args.overrides)
     else:
         if not args.preset and not args.config:
             print("error: give --preset NAME or --config FILE (see `resd presets`)", file=sys.stderr)
@@ -43,6 +38,85 @@ def _train(args: argparse.Namespace) -> int:
         logging.getLogger("resd").warning("no valid checkpoint in %s: starting from step 0", args.resume)
     run_dir = trainer.train()
     print(f"run directory: {run_dir}")
+    return 0
+
+
+def _load_run_config(run_dir: Path, overrides: list[str]):
+    from resd.config import ConfigError, load_config
+
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        raise ConfigError(f"{run_dir} has no config.yaml; is it a run directory?")
+    return load_config(path=config_file, overrides=[f"logging.run_dir={run_dir}", *overrides])
+
+
+def _checkpoint_dir(run_dir: Path, which: str) -> Path:
+    import json
+
+    from resd.trainer.checkpoint import CheckpointError, latest_valid
+
+    root = run_dir / "checkpoints"
+    if which == "latest":
+        path = latest_valid(root)
+    elif which == "best":
+        best = run_dir / "best.json"
+        if not best.is_file():
+            raise CheckpointError(f"{run_dir} has no best.json (no validation ran)")
+        path = root / f"step-{json.loads(best.read_text())['step']:06d}"
+    else:
+        path = root / f"step-{int(which):06d}"
+    if path is None or not path.is_dir():
+        raise CheckpointError(f"no checkpoint {which!r} in {root}")
+    return path
+
+
+def load_policy(config, run_dir: Path | None = None, which: str = "latest"):
+    """(model, tokenizer) from a config, with a run's checkpoint weights when ``run_dir`` is given."""
+    import torch
+
+    from resd.models import load_model, load_tokenizer
+    from resd.trainer.checkpoint import load_checkpoint
+
+    tokenizer = load_tokenizer(config.model.tokenizer or config.model.name)
+    model = load_model(config.model.name, config.model.precision, tokenizer, tiny=config.model.tiny)
+    if run_dir is not None:
+        tensors, _, _ = load_checkpoint(_checkpoint_dir(run_dir, which))
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in tensors["student"].items():
+                params[name].copy_(value)
+    model.requires_grad_(False)
+    return model, tokenizer
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from resd import envs
+    from resd.config import load_config
+    from resd.evaluation import evaluate
+    from resd.rollout import HFGenerator, SamplingParams
+
+    run_dir = Path(args.run) if args.run else None
+    if run_dir is not None:
+        config = _load_run_config(run_dir, args.overrides)
+    else:
+        config = load_config(preset=args.preset or "demo", path=args.config, overrides=args.overrides)
+    env = envs.load(config.data.env, **config.data.env_kwargs)
+    rows = env.load_split(args.split or config.data.val_split, args.data_path or config.data.val_path,
+                          args.limit if args.limit is not None else config.data.val_limit)
+    model, tokenizer = load_policy(config, run_dir, args.step)
+    e = config.eval
+    k = args.k or e.k
+    sampling = SamplingParams(e.temperature, e.top_p, 0, e.max_new_tokens or config.rollout.max_new_tokens)
+    result = evaluate(env, rows, HFGenerator(model, tokenizer, config.rollout.batch_size), tokenizer, sampling, k,
+                      success_threshold=e.success_threshold, max_prompt_length=config.data.max_prompt_length,
+                      chat_template_kwargs=config.model.chat_template_kwargs, progress=config.logging.progress)
+    out = Path(args.out) if args.out else (run_dir / "eval" if run_dir else Path("evals") / f"{config.data.env}-{datetime.now():%Y%m%d-%H%M%S}")
+    summary_path, samples_path = result.write(out, f"{config.data.env}-{args.split or config.data.val_split}")
+    for name, value in sorted(result.summary.items()):
+        print(f"{name:36s} {value:.4f}")
+    print(f"wrote {summary_path} and {samples_path}")
     return 0
 
 
@@ -88,6 +162,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     train.set_defaults(func=_train)
 
+    ev = sub.add_parser("eval", help="evaluate a model or a run's checkpoint (mean@k, best@k, pass@k)",
+                        description="Sample k responses per prompt of a split and score them. Writes "
+                        "<env>-<split>_summary.json and <env>-<split>_samples.jsonl (every sample with its feedback).")
+    ev.add_argument("--run", metavar="RUN_DIR", help="evaluate this run's checkpoint (with its config)")
+    ev.add_argument("--step", default="latest", help="checkpoint of --run: a step number, 'latest' or 'best'")
+    ev.add_argument("--preset", help="config preset when no --run is given (default: demo)")
+    ev.add_argument("--config", help="a YAML config file")
+    ev.add_argument("--split", help="dataset split (default: data.val_split)")
+    ev.add_argument("--data-path", help="a dataset file of the environment's row format")
+    ev.add_argument("--limit", type=int, help="first N rows only")
+    ev.add_argument("--k", type=int, help="samples per prompt (default: eval.k)")
+    ev.add_argument("--out", help="output directory")
+    ev.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (e.g. model.name=... data.env=...)")
+    ev.set_defaults(func=_eval)
+
     presets = sub.add_parser("presets", help="list the built-in presets")
     presets.set_defaults(func=_presets)
     env_list = sub.add_parser("envs", help="list the available environments")
@@ -104,10 +193,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from resd.config import ConfigError
     from resd.envs.base import DataError
+    from resd.trainer.checkpoint import CheckpointError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

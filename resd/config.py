@@ -117,6 +117,19 @@ class RepromptSection(Section):
     feedback_template: str = FEEDBACK_TEMPLATE
 
 
+class EvalConfig(Section):
+    """Validation during training and the defaults of ``resd eval`` (RESD.md §4: n=4, T=0.6, top_p=0.95)."""
+
+    every_steps: int = Field(0, ge=0, description="validate every N training steps (0: never; stream: see stream.val_every_batches)")
+    before_train: bool = False
+    k: int = Field(4, ge=1, description="samples per prompt")
+    temperature: float = Field(0.6, gt=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_new_tokens: int | None = Field(None, ge=1, description="None: rollout.max_new_tokens")
+    success_threshold: float = Field(1.0, description="score counted as solved for pass@k")
+    best_metric: str = Field("task/mean", description="metric (without @k) whose maximum marks the best checkpoint")
+
+
 class StreamConfig(Section):
     """RESD's stream trainer: one pass over the data, K inner updates per outer batch (RESD.md §1.2, §4)."""
 
@@ -127,7 +140,7 @@ class StreamConfig(Section):
         0.0, ge=0, le=1, description="stop a batch when the fraction of prompts whose mean score improved is below this"
     )
     num_batches: int | None = Field(None, ge=1, description="outer batches to run (None: the whole training split)")
-    val_every_batches: int = Field(1, ge=0, description="validate every N outer batches (0: never)")
+    val_every_batches: int = Field(0, ge=0, description="validate every N outer batches (0: never)")
     save_every_batches: int = Field(1, ge=0, description="checkpoint every N outer batches (0: only at the end)")
 
 
@@ -193,6 +206,7 @@ class Config(Section):
     loss: LossConfig = Field(default_factory=LossConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     reprompt: RepromptSection = Field(default_factory=RepromptSection)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     stream: StreamConfig = Field(default_factory=StreamConfig)
     resd: ResdConfig = Field(default_factory=ResdConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)

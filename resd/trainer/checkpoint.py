@@ -68,8 +68,12 @@ def save_checkpoint(
     objects: dict[str, Any],
     state: dict[str, Any],
     keep_last: int = 2,
+    protect: frozenset[int] = frozenset(),
 ) -> Path:
-    """Write ``step-<step>`` atomically and prune older checkpoints beyond ``keep_last``."""
+    """Write ``step-<step>`` atomically and prune older checkpoints beyond ``keep_last``.
+
+    Steps in ``protect`` (the best checkpoint by validation) are never pruned.
+    """
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
@@ -104,8 +108,9 @@ def save_checkpoint(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    for _, old in step_dirs(root)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+    for old_step, old in step_dirs(root)[:-keep_last]:
+        if old_step not in protect:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 

@@ -223,8 +223,13 @@ class StreamTrainer(Trainer):
     def after_step(self) -> None:
         """Checkpoint at the end of every ``save_every_batches``-th outer batch."""
         super().after_step()
+        if self.batch is not None:
+            return
+        every = self.config.stream.val_every_batches
+        if every and (self.outer % every == 0 or self.finished()):
+            self.validate()
         every = self.config.stream.save_every_batches
-        if every and self.batch is None and self.outer % every == 0:
+        if every and self.outer % every == 0:
             self.save()
 
     # ------------------------------------------------------------------ observability and state

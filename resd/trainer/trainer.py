@@ -15,6 +15,7 @@ One :meth:`Trainer.train_step`:
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import random
@@ -134,6 +135,8 @@ class Trainer:
         self.sampling = SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k, cfg.rollout.max_new_tokens)
 
         self.step = 0
+        self.best: dict[str, Any] | None = None  # {"step", "metric", "value"} of the best validation
+        self._val_rows: list[dict[str, Any]] | None = None
         self.rollouts_seen = 0
         self.nonfinite_in_a_row = 0
         self.elapsed = 0.0
@@ -437,7 +440,10 @@ class Trainer:
         return self.step >= self.config.train.steps or self.data.exhausted(self.config.train.batch_size)
 
     def after_step(self) -> None:
-        """Periodic work after a logged step (checkpoints; validation in subclasses)."""
+        """Periodic validation and checkpoints after a step."""
+        every = self.config.eval.every_steps
+        if every and self.step % every == 0 and not self.config.uses_stream:
+            self.validate()
         every = self.config.logging.save_every
         if every and self.step % every == 0:
             self.save()
@@ -449,6 +455,8 @@ class Trainer:
         bar = tqdm(total=self.planned_steps(), initial=self.step, desc=cfg.name, disable=not cfg.logging.progress,
                    dynamic_ncols=True)
         try:
+            if cfg.eval.before_train and self.step == 0:
+                self.validate()
             while not self.finished() and not self.stop_requested:
                 metrics = self.train_step()
                 if self.step % cfg.logging.log_every == 0:
@@ -465,6 +473,38 @@ class Trainer:
             self.logger.close()
         return self.run_dir
 
+    # ------------------------------------------------------------------ validation
+    def validation_rows(self) -> list[dict[str, Any]]:
+        if self._val_rows is None:
+            d = self.config.data
+            self._val_rows = self.env.load_split(d.val_split, d.val_path, d.val_limit)
+        return self._val_rows
+
+    def validate(self) -> dict[str, float]:
+        """Evaluate on the held-out split (plain prompts, ``eval`` sampling), log ``val/*`` metrics,
+        write ``eval/step-N_*`` files, and checkpoint when the best metric improves."""
+        from resd.evaluation import evaluate
+
+        cfg = self.config
+        e = cfg.eval
+        sampling = SamplingParams(e.temperature, e.top_p, 0, e.max_new_tokens or cfg.rollout.max_new_tokens)
+        result = evaluate(self.env, self.validation_rows(), self.generator, self.tokenizer, sampling, e.k,
+                          success_threshold=e.success_threshold, max_prompt_length=cfg.data.max_prompt_length,
+                          chat_template_kwargs=cfg.model.chat_template_kwargs)
+        result.write(self.run_dir / "eval", f"step-{self.step:06d}")
+        metrics = {f"val/{k}": v for k, v in result.summary.items()}
+        metrics.update({"progress/rollouts": float(self.rollouts_seen), "progress/elapsed_s": self.elapsed})
+        self.logger.log(self.step, metrics)
+        name = e.best_metric if "@" in e.best_metric else f"{e.best_metric}@{e.k}"
+        if name not in result.summary:
+            raise KeyError(f"eval.best_metric {e.best_metric!r} is not a validation metric: {sorted(result.summary)}")
+        value = result.summary[name]
+        if self.best is None or value > self.best["value"]:
+            self.best = {"step": self.step, "metric": name, "value": value}
+            self.save()
+            (self.run_dir / "best.json").write_text(json.dumps(self.best, indent=1), encoding="utf-8")
+        return metrics
+
     # ------------------------------------------------------------------ checkpoints
     @property
     def checkpoint_root(self) -> Path:
@@ -478,13 +518,16 @@ class Trainer:
                    "rng": rng_state()}
         state = {
             "step": self.step,
+            "best": self.best,
             "rollouts_seen": self.rollouts_seen,
             "elapsed": self.elapsed,
             "nonfinite_in_a_row": self.nonfinite_in_a_row,
             "data": self.data.state_dict(),
             "extra": self.extra_state(),
         }
-        return save_checkpoint(self.checkpoint_root, self.step, tensors, objects, state, self.config.logging.keep_last)
+        protect = frozenset({self.best["step"]}) if self.best else frozenset()
+        return save_checkpoint(self.checkpoint_root, self.step, tensors, objects, state, self.config.logging.keep_last,
+                               protect)
 
     @torch.no_grad()
     def resume(self, path: str | Path | None = None) -> bool:
@@ -502,6 +545,7 @@ class Trainer:
         self.scheduler.load_state_dict(objects["optimizer"]["scheduler"])
         set_rng_state(objects["rng"])
         self.step = int(state["step"])
+        self.best = state.get("best")
         self.rollouts_seen = int(state["rollouts_seen"])
         self.elapsed = float(state["elapsed"])
         self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))

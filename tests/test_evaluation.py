@@ -1,0 +1,71 @@
+"""Evaluation metrics against hand-computed cases, and validation inside training."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import pytest
+
+from resd.evaluation import best_at_k, best_at_k_bootstrap, mean_at_k, mean_pass_at_k, pass_at_k
+
+
+def test_mean_and_best_by_hand():
+    values = [[1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 0.5, 0]]
+    assert mean_at_k(values) == pytest.approx((0.25 + 0 + 0.625) / 3)
+    assert best_at_k(values) == pytest.approx((1 + 0 + 1) / 3)
+    assert best_at_k([[0.3]]) == 0.3
+    assert best_at_k([]) == 0.0 and mean_at_k([]) == 0.0
+
+
+def test_bootstrap_best_is_below_the_literal_max_and_converges():
+    values = [[1, 0, 0, 0]]
+    boot = best_at_k_bootstrap(values, k=4, resamples=20000, seed=0)
+    exact_expectation = 1 - (3 / 4) ** 4  # P(at least one draw picks the success)
+    assert boot == pytest.approx(exact_expectation, abs=0.01)
+    assert boot < best_at_k(values)
+    assert best_at_k_bootstrap([[1, 1]], k=2) == 1.0 and best_at_k_bootstrap([[0, 0]], k=2) == 0.0
+    assert best_at_k_bootstrap(values, 4, seed=42) == best_at_k_bootstrap(values, 4, seed=42)
+
+
+def _pass_at_k_by_enumeration(n, c, k):
+    items = [1] * c + [0] * (n - c)
+    subsets = list(itertools.combinations(range(n), k))
+    return sum(any(items[i] for i in s) for s in subsets) / len(subsets)
+
+
+@pytest.mark.parametrize("n,c,k", [(5, 0, 1), (5, 1, 1), (5, 2, 3), (6, 5, 2), (8, 3, 8), (10, 1, 4), (4, 4, 1)])
+def test_pass_at_k_matches_the_combinatorial_definition(n, c, k):
+    assert pass_at_k(n, c, k) == pytest.approx(_pass_at_k_by_enumeration(n, c, k))
+    assert pass_at_k(n, c, 1) == pytest.approx(c / n)
+
+
+def test_pass_at_k_edge_cases():
+    with pytest.raises(ValueError):
+        pass_at_k(3, 4, 1)
+    with pytest.raises(ValueError):
+        pass_at_k(3, 1, 4)
+    assert mean_pass_at_k([[True, False], [False, False]], 1) == pytest.approx(0.25)
+    assert mean_pass_at_k([[True, False], [False, False]], 2) == pytest.approx(0.5)
+    assert math.isclose(mean_pass_at_k([[True]], 2), 0.0)  # prompts with fewer than k samples are skipped
+
+
+def test_validation_during_training_writes_files_and_keeps_the_best(tiny_config):
+    from resd.trainer import build_trainer
+
+    cfg = tiny_config("train.steps=2", "eval.every_steps=1", "eval.k=2", "data.val_limit=3", "logging.keep_last=1",
+                      "eval.best_metric=score/mean")
+    trainer = build_trainer(cfg)
+    trainer.train()
+    run = trainer.run_dir
+    summary = json.loads((run / "eval" / "step-000001_summary.json").read_text())
+    assert summary["prompts"] == 3 and summary["samples"] == 6
+    assert {"task/mean@2", "task/best@2", "task/best@2_bootstrap", "pass@1", "pass@2", "test_case/mean@2"} <= set(summary)
+    samples = [json.loads(x) for x in (run / "eval" / "step-000002_samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 6 and {"feedback", "score", "response", "example_id"} <= set(samples[0])
+    best = json.loads((run / "best.json").read_text())
+    assert best["metric"] == "score/mean@2"
+    assert (run / "checkpoints" / f"step-{best['step']:06d}").is_dir()  # protected from keep_last pruning
+    val_lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"val/' in x]
+    assert len(val_lines) == 2
