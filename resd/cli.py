@@ -120,6 +120,57 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _snapshots(run_dir: Path) -> dict[int, Path]:
+    folder = run_dir / "playbook"
+    found = {}
+    for path in sorted(folder.glob("step-*.*")) if folder.is_dir() else []:
+        try:
+            found[int(path.stem.split("-")[1])] = path
+        except (IndexError, ValueError):
+            continue
+    return found
+
+
+def _playbook_text(path: Path) -> str:
+    import json
+
+    if path.suffix == ".json":  # per-example playbooks
+        texts = json.loads(path.read_text(encoding="utf-8"))
+        return "\n\n".join(f"# example {key}\n{text}" for key, text in sorted(texts.items()))
+    return path.read_text(encoding="utf-8").rstrip("\n")
+
+
+def _pick(snapshots: dict[int, Path], step: int | None) -> Path:
+    from resd.config import ConfigError
+
+    if not snapshots:
+        raise ConfigError("this run has no playbook snapshots (is it a resd run?)")
+    if step is None:
+        return snapshots[max(snapshots)]
+    if step not in snapshots:
+        raise ConfigError(f"no playbook snapshot at step {step}; steps: {min(snapshots)}..{max(snapshots)}")
+    return snapshots[step]
+
+
+def _playbook_show(args: argparse.Namespace) -> int:
+    path = _pick(_snapshots(Path(args.run_dir)), args.step)
+    print(f"# {path}")
+    print(_playbook_text(path))
+    return 0
+
+
+def _playbook_diff(args: argparse.Namespace) -> int:
+    import difflib
+
+    snapshots = _snapshots(Path(args.run_dir))
+    a, b = _pick(snapshots, args.a), _pick(snapshots, args.b)
+    diff = difflib.unified_diff(_playbook_text(a).splitlines(), _playbook_text(b).splitlines(),
+                                f"step {args.a}", f"step {args.b}", lineterm="", n=0)
+    lines = [line for line in diff if not line.startswith("@@")]
+    print("\n".join(lines) if lines else f"no change between step {args.a} and step {args.b}")
+    return 0
+
+
 def _presets(_args: argparse.Namespace) -> int:
     import yaml
 
@@ -129,7 +180,7 @@ def _presets(_args: argparse.Namespace) -> int:
         text = (PRESET_DIR / f"{name}.yaml").read_text(encoding="utf-8")
         summary = next((line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#")), "")
         yaml.safe_load(text)  # a broken preset should fail here, not mid-run
-        print(f"{name:24s} {summary}")
+        print(f"{name:32s} {summary}")
     return 0
 
 
@@ -176,6 +227,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="output directory")
     ev.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (e.g. model.name=... data.env=...)")
     ev.set_defaults(func=_eval)
+
+    pb = sub.add_parser("playbook", help="show a RESD run's playbook or what changed between steps")
+    pb_sub = pb.add_subparsers(dest="playbook_command", metavar="SUBCOMMAND", required=True)
+    show = pb_sub.add_parser("show", help="print the playbook at a step (default: the last)")
+    show.add_argument("run_dir")
+    show.add_argument("--step", type=int)
+    show.set_defaults(func=_playbook_show)
+    diff = pb_sub.add_parser("diff", help="bullets added (+), removed or changed (-) from step A to step B")
+    diff.add_argument("run_dir")
+    diff.add_argument("a", type=int)
+    diff.add_argument("b", type=int)
+    diff.set_defaults(func=_playbook_diff)
 
     presets = sub.add_parser("presets", help="list the built-in presets")
     presets.set_defaults(func=_presets)
