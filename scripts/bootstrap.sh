@@ -11,6 +11,16 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
+# bubblewrap gives the sandbox for model-written code its namespaces (no network, private
+# filesystem view); without it resd falls back to resource limits only (see README).
+if ! command -v bwrap >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && apt-get install -y -qq bubblewrap) >/dev/null 2>&1 \
+      || echo "warning: could not install bubblewrap; the sandbox will use resource limits only" >&2
+  else
+    echo "note: install bubblewrap (e.g. sudo apt-get install bubblewrap) for a stronger sandbox" >&2
+  fi
+fi
 stamp=".venv/.resd-$(cat pyproject.toml | sha256sum | cut -c1-16)-${extras//,/_}"
 if [ ! -f "$stamp" ]; then
   if ! python -c "import torch" >/dev/null 2>&1; then

@@ -90,7 +90,24 @@ class Environment(abc.ABC):
         responses: Sequence[str],
         examples: Sequence[Example],
         truncated: Sequence[bool] | None = None,
+        *,
+        workers: int | None = None,
+        timeout_s: float | None = None,
     ) -> list[Feedback]:
-        """Score many responses. The default runs them one after another in this process."""
+        """Score many responses.
+
+        By default they are scored one after another in this process. With ``workers`` > 0 (or the
+        attribute ``score_workers`` set on the environment) they are scored in that many worker
+        processes with a wall-clock limit of ``timeout_s`` (or ``score_timeout_s``, default 60 s)
+        per response: a check that hangs, crashes or floods its output is killed and scored 0 with
+        feedback that says so (see :mod:`resd.envs.parallel`).
+        """
         truncated = truncated if truncated is not None else [False] * len(responses)
+        workers = workers if workers is not None else getattr(self, "score_workers", 0)
+        if workers and workers > 0:
+            from resd.envs.parallel import DEFAULT_TIMEOUT_S, score_in_workers
+
+            if timeout_s is None:
+                timeout_s = getattr(self, "score_timeout_s", None) or DEFAULT_TIMEOUT_S
+            return score_in_workers(self, responses, examples, truncated, workers=workers, timeout_s=timeout_s)
         return [self.score(r, e, truncated=t) for r, e, t in zip(responses, examples, truncated, strict=True)]

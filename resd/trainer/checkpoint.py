@@ -75,6 +75,8 @@ def save_checkpoint(
     Steps in ``protect`` (the best checkpoint by validation) are never pruned.
     """
     root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".tmp-step-*"):  # left by a process killed while saving
+        shutil.rmtree(stale, ignore_errors=True)
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
     if tmp.exists():

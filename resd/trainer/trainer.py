@@ -534,6 +534,7 @@ class Trainer:
         """Load the given checkpoint, or the newest valid one of this run. Returns False if none exists."""
         path = Path(path) if path is not None else latest_valid(self.checkpoint_root)
         if path is None:
+            self.logger.truncate_after(0)  # killed before the first checkpoint: start over cleanly
             return False
         tensors, objects, state = load_checkpoint(path)
         params = dict(self.model.named_parameters())

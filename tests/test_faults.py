@@ -1,0 +1,133 @@
+"""Fault injection: corrupt checkpoints, SIGKILL at random points, SIGTERM, bad input."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from resd.data import read_rows
+from resd.envs.base import DataError
+from resd.trainer import build_trainer
+from resd.trainer.checkpoint import CheckpointError, latest_valid, load_checkpoint, step_dirs
+
+SMOKE = ["train.batch_size=2", "train.warmup_steps=1", "logging.progress=false", "logging.keep_last=3"]
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tiny_config, caplog):
+    trainer = build_trainer(tiny_config("train.steps=2", "logging.save_every=1", "logging.keep_last=3"))
+    trainer.train()
+    root = trainer.checkpoint_root
+    newest = step_dirs(root)[-1][1]
+    blob = newest / "student.safetensors"
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING):
+        chosen = latest_valid(root)
+    assert chosen.name == "step-000001"
+    assert "does not match its checksum" in caplog.text
+    with pytest.raises(CheckpointError):
+        load_checkpoint(newest)
+    (root / "step-000003").mkdir()  # a directory without manifest (killed before the rename)
+    assert latest_valid(root).name == "step-000001"
+    again = build_trainer(tiny_config("train.steps=2"))
+    assert again.resume() and again.step == 1
+
+
+def _cli(run_dir: Path, steps: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "resd.cli", "train", "--preset", "smoke", f"train.steps={steps}",
+            f"logging.run_dir={run_dir}", "logging.save_every=1", *SMOKE, *extra]
+
+
+def _resume_cli(run_dir: Path, steps: int) -> list[str]:
+    return [sys.executable, "-m", "resd.cli", "train", "--resume", str(run_dir), f"train.steps={steps}"]
+
+
+def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    last = step_dirs(run_dir / "checkpoints")[-1][1]
+    return load_file(str(last / "student.safetensors")) | {
+        f"teacher.{k}": v for k, v in load_file(str(last / "teacher.safetensors")).items()
+    }
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_resume_is_exact(tmp_path):
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    steps = 4
+    straight = tmp_path / "straight"
+    subprocess.run(_cli(straight, steps), check=True, env=env, capture_output=True)
+    expected = _final_weights(straight)
+
+    rng = random.Random(1234)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(killed, steps), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kills = 0
+    for _ in range(2):  # kill twice at random moments once training has started, resuming in between
+        deadline = time.time() + 120
+        while not (killed / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.5))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        proc = subprocess.Popen(_resume_cli(killed, steps), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert proc.wait() == 0
+    assert kills >= 1
+    got = _final_weights(killed)
+    assert got.keys() == expected.keys()
+    for name in expected:
+        assert torch.equal(got[name], expected[name]), name
+    lines = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == list(range(1, steps + 1))  # each step logged exactly once
+
+
+@pytest.mark.slow
+def test_sigterm_stops_cleanly_after_saving(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(_cli(run, 1000), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0
+    state = json.loads((step_dirs(run / "checkpoints")[-1][1] / "state.json").read_text())
+    logged = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert 1 <= state["step"] < 1000 and state["step"] == logged[-1]
+
+
+def test_overlong_prompts_are_dropped_truncated_or_rejected(tiny_config):
+    trainer = build_trainer(tiny_config("data.max_prompt_length=20"))
+    examples = trainer.data.next_batch(2)
+    samples, metrics = trainer.collect(examples)
+    assert samples == [] and metrics["data/prompts_dropped"] == 2.0
+    assert trainer.train_step()["data/prompts_dropped"] == 2.0  # a step with nothing to learn does not crash
+    trainer = build_trainer(tiny_config("data.max_prompt_length=20", "data.prompt_overflow=truncate"))
+    samples, metrics = trainer.collect(trainer.data.next_batch(2))
+    assert len(samples) == 8 and all(len(s.prompt_ids) == 20 for s in samples)
+    trainer = build_trainer(tiny_config("data.max_prompt_length=20", "data.prompt_overflow=error"))
+    with pytest.raises(ValueError, match="exceeds"):
+        trainer.collect(trainer.data.next_batch(1))
+
+
+def test_bad_dataset_rows_name_the_file_row_and_field(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"id": 1}\n{"id": 2\n')
+    with pytest.raises(DataError, match=r"data.jsonl: row 2: invalid JSON"):
+        read_rows(path)
+    path.write_text('{"id": 1}\n[1, 2]\n')
+    with pytest.raises(DataError, match=r"row 2: expected a JSON object"):
+        read_rows(path)
+    with pytest.raises(DataError, match="no such file"):
+        read_rows(tmp_path / "missing.jsonl")

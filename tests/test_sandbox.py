@@ -1,0 +1,508 @@
+"""The sandbox against hostile programs, in every mode this machine supports, and its test harness."""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import signal
+import socket
+import sys
+import time
+
+import psutil
+import pytest
+
+from resd import sandbox
+from resd.sandbox import run_python, run_tests
+
+IS_ROOT = os.geteuid() == 0
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def _configs() -> list:
+    """(mode, interpreter) pairs to test: each available mode, plus rlimits with a uid drop if possible."""
+    configs = []
+    for mode in sandbox.available_modes():
+        configs.append(pytest.param(mode, None, id=mode))
+    if (
+        "rlimits" in sandbox.available_modes()
+        and IS_ROOT
+        and os.path.exists(SYSTEM_PYTHON)
+        and sandbox._reachable_by_others(SYSTEM_PYTHON)
+        and not sandbox._reachable_by_others(sys.executable)
+    ):
+        configs.append(pytest.param("rlimits", SYSTEM_PYTHON, id="rlimits-uid-drop"))
+    return configs
+
+
+CONFIGS = _configs()
+
+
+def _drops_uid(mode: str, python: str | None) -> bool:
+    return IS_ROOT and (
+        mode == "bwrap" or (mode == "rlimits" and sandbox._reachable_by_others(python or sys.executable))
+    )
+
+
+def _process_limit_enforced(mode: str, python: str | None) -> bool:
+    # root ignores RLIMIT_NPROC; only a dropped uid (or a non-root caller) makes it bite
+    return _drops_uid(mode, python) or not IS_ROOT
+
+
+def _own_namespaces(mode: str) -> bool:
+    return mode in ("bwrap", "unshare")
+
+
+def _run(mode, python, code, token, **kw):
+    kw.setdefault("timeout_s", 1.0)
+    return run_python(code, mode=mode, python=python, args=[token], **kw)
+
+
+def _leftovers(token: str, wait_s: float = 3.0) -> list[int]:
+    """Processes whose command line carries ``token``, after letting killed ones disappear."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = []
+        for proc in psutil.process_iter(["cmdline", "status"]):
+            try:
+                if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                    continue
+                if token in " ".join(proc.info["cmdline"] or ()):
+                    found.append(proc.pid)
+            except psutil.Error:
+                continue
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def token() -> str:
+    value = "resdtok" + secrets.token_hex(6)
+    yield value
+    assert _leftovers(value) == [], "a sandboxed process outlived its run"
+
+
+# ---------------------------------------------------------------- basics
+
+
+@pytest.mark.parametrize(("mode", "python"), CONFIGS)
+def test_ok_program_gets_stdin_args_and_a_fresh_directory(mode, python, token):
+    code = (
+        "import os, sys\nprint(input()[::-1], sys.argv[1:])\n"
+        "print(sorted(os.listdir('.')))\nopen('mark', 'w').write('1')\n"
+    )
+    first = _run(mode, python, code, token, stdin="olleh\n")
+    assert first.status == "ok", first
+    assert first.returncode == 0 and first.mode == mode
+    assert first.stdout.splitlines() == [f"hello ['{token}']", "['main.py']"]
+    second = _run(mode, python, code, token, stdin="x\n")
+    assert second.stdout.splitlines()[1] == "['main.py']"  # the previous run's file is gone
+
+
+@pytest.mark.parametrize(("mode", "python"), CONFIGS)
+def test_uncaught_exception_is_an_error(mode, python, token):
+    result = _run(mode, python, "raise ValueError('nope')", token)
+    assert result.status == "error"
+    assert result.returncode == 1
+    assert "ValueError: nope" in result.stderr
+
+
+# ---------------------------------------------------------------- the hostile corpus
+
+
+@pytest.mark.parametrize(("mode", "python"), CONFIGS)
+def test_infinite_loop_times_out(mode, python, token):
+    result = _run(mode, python, "while True:\n    pass\n", token, timeout_s=1.0)
+    assert result.status == "timeout"
+    assert 1.0 <= result.wall_s < 3.0
+    assert "wall-clock" in result.reason
+
+
+@pytest.mark.parametrize(("mode", "python"), CONFIGS)
+def test_fork_bomb(mode, python, token):
+    if not _process_limit_enforced(mode, python):
+        pytest.skip("the process-count limit does not bind root in this mode (documented in protection())")
+    # bounded (at most 256 processes even without a limit), and reports each failed fork
+    bounded = (
+        "import os, time\n"
+        "for _ in range(8):\n"
+        "    try:\n"
+        "        os.fork()\n"
+        "    except OSError:\n"
+        "        print('fork refused', flush=True)\n"
+        "        break\n"
+        "t = time.time()\n"
+        "while time.time() - t < 30:\n"
+        "    pass\n"
+    )
+    result = _run(mode, python, bounded, token, timeout_s=1.0, max_processes=16)
+    assert result.status == "timeout"
+    assert "fork refused" in result.stdout
+    classic = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    result = _run(mode, python, classic, token, timeout_s=1.0, max_processes=16)
+    assert result.status == "timeout"
+    assert result.wall_s < 4.0
+
+
+@pytest.mark.parametrize(("mode", "python"), CONFIGS)
+def test_memory_bombs(mode, python, token):
+    at_once = _run(mode, python, "x = bytearray(10**10)", token, memory_mb=256)
+    assert at_once.status == "memory", at_once
+    growing = _run(
+        mode, python, "x = []\nwhile True:\n    x.append(bytearray(10**7))\n", token, memory_mb=256, timeout_s=5
+    )
+    assert growing.status == "memory", growing
+    assert growing.wall_s < 4
+
+
+@pytest.mark.parametrize(("mode", "python"), CONFIGS)
+def test_huge_output_is_capped_and_stopped(mode, python, token):
+    cap = 65536
+    for stream in ("stdout", "stderr"):
+        code = f"import sys\nwhile True:\n    sys.{stream}.write('x' * 100000)\n"
+        result = _run(mode, python, code, token, max_output_bytes=cap, timeout_s=5)
+        assert result.status == "killed", result.reason
+        assert result.output_truncated
+        assert len(getattr(result, stream)) == cap
+        assert result.wall_s < 4
+
+
+@pytest.mark.parametrize(("mode", "python"), CONFIGS)
+def test_file_size_limit(mode, python, token):
+    code = "with open('big', 'wb') as f:\n    f.write(b'x' * (3 << 20))\n"
+    result = _run(mode, python, code, token, max_file_mb=1)
+    assert result.status == "error"
+    assert "File too large" in result.stderr
+
+
+@pytest.mark.parametrize(("mode", "python"), CONFIGS)
+def test_writing_outside_its_directory(mode, python, token, tmp_path):
+    if not _drops_uid(mode, python) and mode != "bwrap":
+        pytest.skip("this mode does not protect the filesystem (documented in protection())")
+    code = "import sys\nwith open(sys.argv[2], 'w') as f:\n    f.write('pwned')\nprint('wrote')\n"
+    targets = [
+        os.path.join(os.getcwd(), f".{token}"),
+        str(tmp_path / token),
+        os.path.join(os.path.dirname(sandbox.__file__), token),
+    ]
+    if mode == "bwrap":
+        targets.append(f"/tmp/{token}")  # bwrap gives the program its own /tmp
+    try:
+        for target in targets:
+            result = run_python(code, mode=mode, python=python, args=[token, target])
+            assert not os.path.exists(target), f"the sandbox wrote {target}"
+            if not target.startswith("/tmp/"):
+                assert result.status == "error" and "wrote" not in result.stdout
+    finally:
+        for target in targets:
+            if os.path.exists(target):
+                os.remove(target)
+
+
+@pytest.mark.parametrize(("mode", "python"), CONFIGS)
+def test_parent_environment_is_not_visible(mode, python, token, monkeypatch):
+    secret = f"hunter2-{token}"
+    monkeypatch.setenv("RESD_FAKE_SECRET", secret)
+    code = (
+        "import os\n"
+        "print(sorted(os.environ))\n"
+        "print(os.environ.get('RESD_FAKE_SECRET'))\n"
+        "leaks = []\n"
+        "for pid in os.listdir('/proc'):\n"
+        "    try:\n"
+        "        if b'hunter2' in open(f'/proc/{pid}/environ', 'rb').read():\n"
+        "            leaks.append(pid)\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "print('leaks', len(leaks))\n"
+    )
+    result = _run(mode, python, code, token)
+    assert result.status == "ok", result
+    lines = result.stdout.splitlines()
+    assert "RESD_FAKE_SECRET" not in lines[0] and "HOME" in lines[0]
+    assert lines[1] == "None"
+    assert secret not in result.stdout + result.stderr
+    if _own_namespaces(mode) or _drops_uid(mode, python):
+        assert lines[2] == "leaks 0"
+
+
+@pytest.mark.parametrize(("mode", "python"), CONFIGS)
+def test_network_connection_is_refused(mode, python, token):
+    if not _own_namespaces(mode):
+        pytest.skip("this mode has no network namespace (documented in protection())")
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        code = (
+            f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
+            "s.sendall(b'pwned')\nprint('connected')\n"
+        )
+        result = _run(mode, python, code, token, timeout_s=3)
+        assert result.status == "error"
+        assert "connected" not in result.stdout
+        assert "Error" in result.stderr
+        server.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            server.accept()
+    outside = _run(
+        mode, python, "import socket\nsocket.create_connection(('1.1.1.1', 53), timeout=1)\n", token, timeout_s=3
+    )
+    assert outside.status == "error"
+
+
+@pytest.mark.parametrize(("mode", "python"), CONFIGS)
+def test_killing_its_parent(mode, python, token):
+    code = (
+        "import os, time\n"
+        "try:\n"
+        "    os.kill(os.getppid(), 9)\n"
+        "except OSError as e:\n"
+        "    print('refused', type(e).__name__, flush=True)\n"
+        "time.sleep(0.2)\n"
+        "print('still here', flush=True)\n"
+    )
+    result = _run(mode, python, code, token, timeout_s=3)
+    assert result.status in ("ok", "killed")
+    assert result.wall_s < 3
+    if mode == "bwrap":
+        # its parent is the namespace's init, owned by another uid: out of reach
+        assert result.status == "ok" and "still here" in result.stdout
+    # elsewhere it can only kill its disposable launcher (rlimits: the shell in between; unshare: it
+    # is the namespace's init, getppid() is 0 and kill(0, 9) ends its own process group): "killed"
+    assert run_python("print(1)", mode=mode, python=python).stdout == "1\n"
+
+
+@pytest.mark.parametrize(("mode", "python"), CONFIGS)
+def test_killing_every_process_it_can(mode, python, token):
+    if not (_own_namespaces(mode) or _drops_uid(mode, python)):
+        pytest.skip("kill(-1) as root outside a PID namespace would hit the whole machine")
+    result = _run(mode, python, "import os, time\nos.kill(-1, 9)\ntime.sleep(0.1)\nprint('done')\n", token, timeout_s=3)
+    assert result.status in ("ok", "killed", "error")
+    assert psutil.Process().is_running()
+
+
+@pytest.mark.parametrize(("mode", "python"), CONFIGS)
+def test_detached_grandchild_dies_with_the_run(mode, python, token):
+    code = (
+        "import os, sys, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        "        print('grandchild up', flush=True)\n"
+        "        time.sleep(60)\n"
+        "        os._exit(0)\n"
+        "    os._exit(0)\n"
+        "time.sleep(0.3)\n"
+        "print('parent done', flush=True)\n"
+    )
+    result = _run(mode, python, code, token, timeout_s=10)
+    assert "grandchild up" in result.stdout and "parent done" in result.stdout
+    assert result.wall_s < 4  # it did not wait for the grandchild's sleep
+    # the token fixture checks that no process of this run is left
+
+
+def test_this_process_still_works_after_the_corpus():
+    assert run_python("print(sum(range(10)))").stdout == "45\n"
+    assert sum(range(10)) == 45
+
+
+# ---------------------------------------------------------------- mode selection and reporting
+
+
+def test_modes_and_protection_are_reported(monkeypatch):
+    modes = sandbox.available_modes()
+    assert modes, "no sandbox mode works"
+    assert sandbox.mode() == modes[0]
+    for mode in modes:
+        text = sandbox.protection(mode)
+        assert "rlimit" in text and len(text) > 80
+    monkeypatch.setenv("RESD_SANDBOX", modes[-1])
+    assert sandbox.mode() == modes[-1]
+    monkeypatch.setenv("RESD_SANDBOX", "chroot-jail")
+    with pytest.raises(ValueError):
+        sandbox.mode()
+    with pytest.raises(ValueError):
+        run_python("pass", mode="nonsense")
+
+
+def test_bwrap_is_used_when_installed():
+    if not os.path.exists("/usr/bin/bwrap"):
+        pytest.skip("bubblewrap not installed")
+    assert sandbox.mode() == "bwrap"
+    assert "bubblewrap" in sandbox.protection()
+
+
+@pytest.mark.parametrize(
+    ("returncode", "stderr", "stopped", "status"),
+    [
+        (0, "", "", "ok"),
+        (1, "Traceback...\nValueError: x", "", "error"),
+        (1, "Traceback...\nMemoryError", "", "memory"),
+        (-signal.SIGXCPU, "", "", "timeout"),
+        (128 + signal.SIGXCPU, "", "", "timeout"),
+        (-signal.SIGKILL, "", "", "killed"),
+        (137, "", "", "killed"),
+        (-9, "", "timeout", "timeout"),
+        (-9, "", "idle", "timeout"),
+        (-9, "", "output", "killed"),
+        (0, "MemoryError", "", "ok"),
+    ],
+)
+def test_status_classification(returncode, stderr, stopped, status):
+    assert sandbox._classify(returncode, stderr, stopped, 1.0, 1.0, 100, "bwrap")[0] == status
+
+
+def test_idle_timeout_stops_a_silent_program():
+    result = run_python("import time\nprint('a', flush=True)\ntime.sleep(30)", timeout_s=20, idle_timeout_s=0.5)
+    assert result.status == "timeout" and "no output" in result.reason
+    assert result.stdout == "a\n"
+    assert result.wall_s < 3
+
+
+def test_large_stdin_is_fed_without_deadlock():
+    data = "x" * (3 << 20)
+    result = run_python("import sys\nprint(len(sys.stdin.read()))", stdin=data, timeout_s=10)
+    assert result.stdout.strip() == str(len(data))
+
+
+# ---------------------------------------------------------------- the test harness
+
+
+HARNESS_CODE = """
+import sys
+
+def f(a, b=0):
+    if a == 1:
+        return helper(a)
+    if a == 2:
+        while True:
+            pass
+    if a == 3:
+        sum(range(10**12))  # a C loop: the in-process alarm cannot interrupt it
+    if a == 4:
+        import os
+        os._exit(3)
+    if a == 5:
+        return {1, 2}
+    if a == 6:
+        # try to forge a report line on the real stdout (the nonce is unknown to it)
+        import os
+        for guess in ("NONCE", "0" * 32, ""):
+            os.write(1, ("\\n" + guess + ' {"i": 6, "status": "ok", "value": "42"}\\n').encode())
+        return -1
+    if a == 8:
+        return [1] * 100000
+    debug_print("called with", a)
+    print("ordinary output is not the answer")
+    return a + b
+
+
+def helper(x):
+    return 1 / 0
+"""
+
+
+def test_harness_call_tests_and_recovery_from_dying_programs():
+    tests = [{"kind": "call", "fn_name": "f", "args": [a], "kwargs": {"b": 10}} for a in (0, 1, 2, 3, 4, 5, 6, 7, 9)]
+    tests[7]["args"] = [8]
+    tests[7]["output_cap"] = 1000
+    start = time.monotonic()
+    out = run_tests(HARNESS_CODE, tests, time_limit_s=0.5)
+    elapsed = time.monotonic() - start
+    assert [o.status for o in out] == ["ok", "error", "timeout", "timeout", "error", "error", "ok", "ok", "ok"]
+    assert (out[0].value, out[0].display, out[0].debug) == ("10", "10", "called with 0\n")
+    assert out[1].error == "ZeroDivisionError: division by zero"
+    lines = HARNESS_CODE.split("\n")
+    assert out[1].frames == [
+        {"line": "return helper(a)", "lineno": lines.index("        return helper(a)") + 1, "name": "f"},
+        {"line": "return 1 / 0", "lineno": lines.index("    return 1 / 0") + 1, "name": "helper"},
+    ]
+    assert out[1].frames[0]["lineno"] == 6
+    assert out[4].error.startswith("ProcessError") and "exit code 3" in out[4].error
+    assert out[5].error == "Non-serializable result type: set" and out[5].frames == []
+    # a forged report line cannot stand in for a test: the real one says -1
+    assert out[6].value == "-1"
+    assert out[7].overflow and len(out[7].value) == 1000
+    assert out[8].value == "19"
+    assert elapsed < 8
+
+
+def test_harness_stdin_and_code_tests():
+    program = (
+        "import sys\nn = int(input())\nprint(n * 2)\n"
+        "if n == 3:\n    sys.exit(0)\nif n == 4:\n    sys.exit(2)\nprint('end')\n"
+    )
+    out = run_tests(
+        program, [{"kind": "stdin", "stdin": f"{n}\n"} for n in (1, 3, 4)] + [{"kind": "stdin", "stdin": ""}]
+    )
+    assert [o.status for o in out] == ["ok", "ok", "error", "error"]
+    assert out[0].value == "2\nend\n" and out[1].value == "6\n"
+    assert out[2].error == "SystemExit: 2" and out[2].frames[-1]["lineno"] == 7
+    assert out[3].error.startswith("EOFError")
+    binary = (
+        "import sys\ndata = sys.stdin.buffer.read().split()\n"
+        "sys.stdout.buffer.write(str(sum(map(int, data))).encode())\n"
+    )
+    assert run_tests(binary, [{"kind": "stdin", "stdin": "1 2 3"}])[0].value == "6"
+    checks = run_tests(
+        "def sq(x):\n    return x * x\n",
+        [{"kind": "code", "source": "assert sq(3) == 9"}, {"kind": "code", "source": "assert sq(3) == 8"}],
+    )
+    assert [o.status for o in checks] == ["ok", "error"]
+    assert checks[1].error.startswith("AssertionError")
+
+
+def test_harness_syntax_error_and_solution_class():
+    bad = run_tests("def f(:\n    pass\n", [{"kind": "call", "fn_name": "f", "args": []}])
+    assert bad[0].status == "error" and bad[0].error.startswith("SyntaxError") and "Solution.py" in bad[0].error
+    cls = "class Solution:\n    def twice(self, x: List[int]) -> List[int]:\n        return x + x\n"
+    assert run_tests(cls, [{"kind": "call", "fn_name": "twice", "args": [[1]]}])[0].value == "[1,1]"
+    first_def = "def helper_name(x):\n    return x + 1\n"
+    assert run_tests(first_def, [{"kind": "call", "fn_name": "missing", "args": [1]}])[0].value == "2"
+    nothing = run_tests("x = 1\n", [{"kind": "call", "fn_name": "missing", "args": [1]}])
+    assert nothing[0].error == "NameError: name 'missing' is not defined"
+
+
+def test_harness_stop_after_timeouts_total_timeout_and_workers():
+    program = "def f(x):\n    while x:\n        pass\n    return x\n"
+    tests = [{"kind": "call", "fn_name": "f", "args": [x]} for x in (0, 1, 1, 0)]
+    out = run_tests(program, tests, time_limit_s=0.3, stop_after_timeouts=1)
+    assert [o.status for o in out] == ["ok", "timeout", "skipped", "skipped"]
+    start = time.monotonic()
+    out = run_tests(program, tests, time_limit_s=0.3, total_timeout_s=0.5)
+    assert out[0].status == "ok" and out[1].status == "timeout" and out[-1].status == "skipped"
+    assert time.monotonic() - start < 3
+    out = run_tests(program, tests, time_limit_s=0.3, workers=2)
+    assert [o.status for o in out] == ["ok", "timeout", "timeout", "ok"]
+    assert run_tests(program, []) == []
+
+
+def test_report_parser_never_raises_on_garbage():
+    rng = random.Random(0)
+    nonce = "abc"
+    alphabet = [
+        "{",
+        "}",
+        '"',
+        ":",
+        ",",
+        "i",
+        "status",
+        "ok",
+        "error",
+        "0",
+        "1",
+        "-",
+        "frames",
+        "[",
+        "]",
+        " ",
+        "\n",
+        "abc ",
+        "null",
+    ]
+    for _ in range(3000):
+        line = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        reports = sandbox._parse_reports(line + "\nabc " + line, nonce)
+        assert all(r.status in ("ok", "error", "timeout") for r in reports.values())
