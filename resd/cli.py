@@ -171,6 +171,60 @@ def _playbook_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def _solve(args: argparse.Namespace) -> int:
+    import json
+    from datetime import datetime
+
+    from resd import envs
+    from resd.config import load_config
+    from resd.rollout import HFGenerator, SamplingParams
+    from resd.solve import discovery_at_k, solve_with_self_distillation, solve_without_training
+    from resd.trainer import build_trainer
+    from resd.trainer.trainer import seed_everything
+
+    config = load_config(preset=args.preset or "demo", path=args.config, overrides=args.overrides)
+    env = envs.load(config.data.env, **config.data.env_kwargs)
+    rows = env.load_split(args.split, None, None)
+    matches = [r for r in rows if env.example_id(r) == args.example] or (
+        [rows[int(args.example)]] if args.example.isdigit() and int(args.example) < len(rows) else [])
+    if not matches:
+        print(f"error: no example {args.example!r} in split {args.split!r} (give an id or a row index)", file=sys.stderr)
+        return 2
+    example = matches[0]
+    out = Path(args.out or Path("runs") / f"solve-{args.method}-{datetime.now():%Y%m%d-%H%M%S}")
+    out.mkdir(parents=True, exist_ok=True)
+    r = config.rollout
+    sampling = SamplingParams(r.temperature, r.top_p, r.top_k, r.max_new_tokens)
+    results = []
+    for seed in range(args.seeds):
+        seed_everything(config.seed + seed)
+        if args.method in ("sdpo", "resd"):
+            algo = ["algorithm=resd"] if args.method == "resd" else []
+            cfg = load_config(preset=args.preset or "demo", path=args.config,
+                              overrides=[*args.overrides, *algo, f"seed={config.seed + seed}", "logging.progress=false"])
+            trainer = build_trainer(cfg, env=env, train_rows=[example], run_dir=out / f"seed-{seed}")
+            result = solve_with_self_distillation(trainer, example, args.budget, config.eval.success_threshold)
+        else:
+            from resd.models import load_model, load_tokenizer
+
+            tokenizer = load_tokenizer(config.model.tokenizer or config.model.name)
+            model = load_model(config.model.name, config.model.precision, tokenizer, tiny=config.model.tiny)
+            result = solve_without_training(args.method, env, example, HFGenerator(model, tokenizer, r.batch_size),
+                                            tokenizer, sampling, args.budget, r.batch_size, config.eval.success_threshold,
+                                            args.max_context, config.model.chat_template_kwargs)
+        results.append(result)
+        print(f"seed {seed}: {'solved at attempt ' + str(result.first_success) if result.solved else 'not solved'}"
+              f" ({result.attempts} attempts, {result.seconds:.0f} s)")
+    ks = sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, args.budget} - {k for k in range(args.budget + 1, 10**6)})
+    curve = discovery_at_k(results, ks)
+    summary = {"method": args.method, "example_id": env.example_id(example), "budget": args.budget,
+               "discovery_at_k": {str(k): v for k, v in curve.items()}, "runs": [x.to_dict() for x in results]}
+    (out / "solve.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    print("discovery@k: " + ", ".join(f"@{k}={v:.2f}" for k, v in curve.items()))
+    print(f"wrote {out / 'solve.json'}")
+    return 0
+
+
 def _presets(_args: argparse.Namespace) -> int:
     import yaml
 
@@ -227,6 +281,21 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="output directory")
     ev.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (e.g. model.name=... data.env=...)")
     ev.set_defaults(func=_eval)
+
+    solve = sub.add_parser("solve", help="test-time self-distillation on one problem (and its baselines)",
+                           description="Repeatedly sample attempts at one problem; with sdpo/resd take a "
+                           "self-distillation step after every failed round. Reports discovery@k.")
+    solve.add_argument("--preset", help="config preset (default: demo)")
+    solve.add_argument("--config", help="a YAML config file")
+    solve.add_argument("--split", default="test")
+    solve.add_argument("--example", required=True, help="example id or row index in the split")
+    solve.add_argument("--method", default="sdpo", choices=["sdpo", "resd", "best-of-k", "multiturn-feedback", "multiturn-attempts"])
+    solve.add_argument("--budget", type=int, default=64, help="maximum attempts")
+    solve.add_argument("--seeds", type=int, default=1, help="independent runs (for discovery@k)")
+    solve.add_argument("--max-context", type=int, default=32000, help="multi-turn prompt limit in tokens")
+    solve.add_argument("--out", help="output directory")
+    solve.add_argument("overrides", nargs="*", metavar="key=value")
+    solve.set_defaults(func=_solve)
 
     pb = sub.add_parser("playbook", help="show a RESD run's playbook or what changed between steps")
     pb_sub = pb.add_subparsers(dest="playbook_command", metavar="SUBCOMMAND", required=True)

@@ -97,11 +97,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 class Trainer:
     """Trains a policy with ``grpo`` or ``sdpo`` (and, in subclasses, ``resd``) from a :class:`Config`.
 
-    ``model``, ``tokenizer`` and ``env`` may be passed in (tests, notebooks); otherwise they are
-    built from the config.
+    ``model``, ``tokenizer``, ``env`` and ``train_rows`` may be passed in (tests, notebooks,
+    test-time solving); otherwise they are built from the config.
     """
 
-    def __init__(self, config: Config, *, model=None, tokenizer=None, env=None, run_dir: str | Path | None = None) -> None:
+    def __init__(self, config: Config, *, model=None, tokenizer=None, env=None, run_dir: str | Path | None = None,
+                 train_rows: list[dict[str, Any]] | None = None) -> None:
         self.config = cfg = config
         seed_everything(cfg.seed)
         self.tokenizer = tokenizer or load_tokenizer(cfg.model.tokenizer or cfg.model.name)
@@ -110,7 +111,8 @@ class Trainer:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model.train()
         self.env = env or envs.load(cfg.data.env, **cfg.data.env_kwargs)
-        train_rows = self.env.load_split(cfg.data.train_split, cfg.data.train_path, cfg.data.train_limit)
+        if train_rows is None:
+            train_rows = self.env.load_split(cfg.data.train_split, cfg.data.train_path, cfg.data.train_limit)
         self.data = DataStream(train_rows, seed=cfg.seed, shuffle=cfg.data.shuffle, single_pass=self.single_pass)
 
         self.uses_teacher = cfg.algorithm != "grpo" and cfg.loss.pg_weight < 1.0
