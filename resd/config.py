@@ -47,6 +47,8 @@ class DataConfig(Section):
     shuffle: bool = True
     max_prompt_length: int = 2048
     prompt_overflow: Literal["drop", "truncate", "error"] = "drop"
+    score_workers: int = Field(0, ge=0, description="score in N worker processes with a time limit (0: in-process)")
+    score_timeout_s: float = Field(60.0, gt=0, description="wall-clock limit of one score() call in a worker")
 
 
 class RolloutConfig(Section):

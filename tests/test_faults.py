@@ -17,7 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 from resd.data import read_rows
-from resd.envs.base import DataError
+from resd.envs import register
+from resd.envs.base import DataError, Environment, Feedback
 from resd.trainer import build_trainer
 from resd.trainer.checkpoint import CheckpointError, latest_valid, load_checkpoint, step_dirs
 
@@ -131,3 +132,36 @@ def test_bad_dataset_rows_name_the_file_row_and_field(tmp_path):
         read_rows(path)
     with pytest.raises(DataError, match="no such file"):
         read_rows(tmp_path / "missing.jsonl")
+
+
+@register("faulty-test")
+class FaultyEnv(Environment):
+    """Example "0" hangs forever, example "1" crashes, the others are scored normally."""
+
+    def load_split(self, split, path=None, limit=None):
+        return [{"id": str(i)} for i in range(4)]
+
+    def prompt_messages(self, example):
+        return [{"role": "user", "content": "Say anything."}]
+
+    def score(self, response, example, *, truncated=False):
+        if example["id"] == "0":
+            while True:
+                pass
+        if example["id"] == "1":
+            raise RuntimeError("checker bug")
+        return Feedback(0.0, 0.0, "not good")
+
+
+def test_hanging_and_crashing_environment_is_scored_as_failure_and_training_continues(tiny_config):
+    cfg = tiny_config("data.env=faulty-test", "data.env_kwargs={}", "data.score_workers=2", "data.score_timeout_s=2",
+                      "data.shuffle=false", "train.steps=1", "rollout.n=1", "train.batch_size=4")
+    trainer = build_trainer(cfg)
+    samples, _ = trainer.collect(trainer.data.next_batch(4))
+    by_id = {s.example["id"]: s.feedback for s in samples}
+    assert by_id["0"].score == 0 and "timed out after 2" in by_id["0"].feedback
+    assert by_id["1"].score == 0 and "crashed" in by_id["1"].feedback and "checker bug" in by_id["1"].feedback
+    assert by_id["2"].feedback == by_id["3"].feedback == "not good"
+    trainer.data.load_state_dict({"epoch": 0, "index": 0})
+    trainer.train()  # a full training step with the faulty environment completes
+    assert trainer.step == 1

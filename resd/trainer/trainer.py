@@ -208,7 +208,8 @@ class Trainer:
             example, messages, ids = prompts[r.prompt_index]
             kept.append(Sample(example, r.prompt_index, messages, ids, r.response_ids, r.logprobs, r.finished))
         texts = self.tokenizer.batch_decode([s.response_ids for s in kept], skip_special_tokens=True)
-        feedbacks = self.env.score_batch(texts, [s.example for s in kept], [not s.finished for s in kept])
+        feedbacks = self.env.score_batch(texts, [s.example for s in kept], [not s.finished for s in kept],
+                                         workers=self.config.data.score_workers, timeout_s=self.config.data.score_timeout_s)
         for sample, text, fb in zip(kept, texts, feedbacks, strict=True):
             sample.text, sample.feedback = text, fb
         t2 = time.perf_counter()
