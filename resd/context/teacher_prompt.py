@@ -45,7 +45,8 @@ def load_template(path: str | Path | None = None) -> str:
     return text.rstrip("\n")
 
 
-def _clip(text: str, limit: int | None) -> str:
+def clip_middle(text: str, limit: int | None) -> str:
+    """Keep the first and last ``limit / 2`` characters of an over-long text, marking the cut."""
     if limit is None or len(text) <= limit:
         return text
     half = limit // 2
@@ -92,10 +93,10 @@ def build_teacher_prompt(
         task_description=task_description,
         prompt=prompt,
         playbook=playbook if config.use_playbook else "",
-        previous_trial=_clip(strip_thinking(previous_trial), limit) if config.use_previous_trial else "",
-        feedback=FEEDBACK_TEMPLATE.format(feedback_raw=_clip(feedback or "", limit)) if feedback_used else "",
-        reflection=_clip(reflection, limit),
-        solution=SOLUTION_TEMPLATE.format(successful_previous_attempt=_clip(solution, limit)) if solution is not None else "",
+        previous_trial=clip_middle(strip_thinking(previous_trial), limit) if config.use_previous_trial else "",
+        feedback=FEEDBACK_TEMPLATE.format(feedback_raw=clip_middle(feedback or "", limit)) if feedback_used else "",
+        reflection=clip_middle(reflection, limit),
+        solution=SOLUTION_TEMPLATE.format(successful_previous_attempt=clip_middle(solution, limit)) if solution is not None else "",
         final_instruction=final_instruction,
     )
     return TeacherPromptParts(text, solution is not None, feedback_used, bool(reflection))

@@ -18,6 +18,7 @@ from resd.context.parsing import parse_curator, parse_reflection, strip_thinking
 from resd.context.playbook import Playbook, PlaybookStore, TagCounts
 from resd.context.prompts import CURATOR, REFLECTOR, SUCCESS_REFLECTOR
 from resd.context.solution_buffer import SolutionBuffer
+from resd.context.teacher_prompt import clip_middle
 
 TextGenerate = Callable[[Sequence[list[dict[str, str]]]], list[str]]
 
@@ -50,13 +51,6 @@ class UpdateItem:
     acc: float
 
 
-def _clip(text: str, limit: int | None) -> str:
-    if limit is None or len(text) <= limit:
-        return text
-    half = limit // 2
-    return text[:half] + "\n...[truncated]...\n" + text[-half:]
-
-
 class ContextUpdater:
     """Holds the playbook(s) and solution buffer and runs one context update per training step."""
 
@@ -78,7 +72,7 @@ class ContextUpdater:
     def _reflector_messages(self, item: UpdateItem, pb: Playbook) -> list[dict[str, str]]:
         text = self.config.reflector_template.format(
             prompt=item.prompt,
-            response=_clip(strip_thinking(item.response), self.config.max_response_chars),
+            response=clip_middle(strip_thinking(item.response), self.config.max_response_chars),
             feedback=item.feedback or "",
             teacher_feedback="",
             playbook=pb.render(),
@@ -87,7 +81,7 @@ class ContextUpdater:
 
     def _success_messages(self, item: UpdateItem, pb: Playbook) -> list[dict[str, str]]:
         text = self.config.success_reflector_template.format(
-            prompt=item.prompt, response=_clip(strip_thinking(item.response), self.config.max_response_chars),
+            prompt=item.prompt, response=clip_middle(strip_thinking(item.response), self.config.max_response_chars),
             playbook=pb.render(),
         )
         return [{"role": "user", "content": text}]
