@@ -48,19 +48,15 @@ def _tail_bin(logp: torch.Tensor) -> torch.Tensor:
     return torch.log(-torch.expm1(log_sum))
 
 
-def _bins(student_logits: torch.Tensor, teacher_logits: torch.Tensor, spec: DistillationSpec):
-    """Student and teacher log-probabilities over the compared bins, shape [N, bins]."""
-    s_lse = torch.logsumexp(student_logits, dim=-1, keepdim=True)
-    t_lse = torch.logsumexp(teacher_logits, dim=-1, keepdim=True)
-    if spec.topk is None:
-        return student_logits - s_lse, teacher_logits - t_lse
-    k = min(spec.topk, student_logits.shape[-1])
-    idx = student_logits.detach().topk(k, dim=-1).indices  # the support comes from the student
-    s = student_logits.gather(-1, idx) - s_lse
-    t = teacher_logits.gather(-1, idx) - t_lse
+def _to_bins(logits: torch.Tensor, lse: torch.Tensor, idx: torch.Tensor | None, spec: DistillationSpec) -> torch.Tensor:
+    """Log-probabilities over the compared bins, [N, bins]: the full vocabulary (``idx`` None), or the
+    ids ``idx`` (the student's top-k) plus a tail bin or renormalized over them."""
+    if idx is None:
+        return logits - lse
+    logp = logits.gather(-1, idx) - lse
     if spec.add_tail:
-        return torch.cat([s, _tail_bin(s)], dim=-1), torch.cat([t, _tail_bin(t)], dim=-1)
-    return s - torch.logsumexp(s, -1, keepdim=True), t - torch.logsumexp(t, -1, keepdim=True)
+        return torch.cat([logp, _tail_bin(logp)], dim=-1)
+    return logp - torch.logsumexp(logp, -1, keepdim=True)
 
 
 def _clip_teacher(s: torch.Tensor, t: torch.Tensor, spec: DistillationSpec) -> torch.Tensor:
@@ -88,23 +84,30 @@ def divergence(s: torch.Tensor, t: torch.Tensor, alpha: float) -> torch.Tensor:
     return (1 - alpha) * kl_s + alpha * kl_t
 
 
+TeacherSide = Callable[[torch.Tensor | None], tuple[torch.Tensor | None, torch.Tensor]]
+
+
 def _chunk_terms(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor | None,
-    ids: torch.Tensor,
-    spec: DistillationSpec | None,
+    student_logits: torch.Tensor, teacher: TeacherSide | None, ids: torch.Tensor, spec: DistillationSpec | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log p(y_t), per-token divergence) for one chunk of rows. Divergence is zeros without a teacher."""
+    """(log p(y_t), per-token divergence) for one chunk of rows. Divergence is zeros without a teacher.
+
+    ``teacher(student_topk_ids)`` returns ``(ids, teacher_values)``: the bin ids to use (possibly
+    cached from an earlier pass over the same rows) and the teacher's log-probabilities over those
+    bins (or of the sampled tokens for the sampled-token estimator).
+    """
     s_logits = student_logits.float()
-    logp = s_logits.gather(-1, ids[:, None]).squeeze(-1) - torch.logsumexp(s_logits, dim=-1)
-    if teacher_logits is None or spec is None:
+    s_lse = torch.logsumexp(s_logits, dim=-1, keepdim=True)
+    logp = s_logits.gather(-1, ids[:, None]).squeeze(-1) - s_lse.squeeze(-1)
+    if teacher is None or spec is None:
         return logp, torch.zeros_like(logp)
-    t_logits = teacher_logits.detach().float()
     if not spec.full_logit:
-        t_logp = t_logits.gather(-1, ids[:, None]).squeeze(-1) - torch.logsumexp(t_logits, dim=-1)
+        _, t_logp = teacher(None)
         t_logp = _clip_teacher(logp, t_logp, spec)
         return logp, (logp - t_logp).detach() * logp
-    s, t = _bins(s_logits, t_logits, spec)
+    idx = None if spec.topk is None else s_logits.detach().topk(min(spec.topk, s_logits.shape[-1]), dim=-1).indices
+    idx, t = teacher(idx)
+    s = _to_bins(s_logits, s_lse, idx, spec)
     return logp, divergence(s, _clip_teacher(s, t, spec), spec.alpha)
 
 
@@ -120,19 +123,40 @@ def token_terms(
 
     ``student_logits_fn(slice)`` returns the student's logits [n, V] of those rows (with grad);
     ``teacher_logits_fn(slice)`` the teacher's (called under no_grad). Rows are processed in chunks;
-    with ``recompute`` each chunk's logits are recomputed in backward (activation checkpointing), so
-    the extra memory stays at about ``chunk_size x V`` floats whatever N is.
+    with ``recompute`` each chunk's student logits are recomputed in backward (activation
+    checkpointing), so the extra memory stays at about ``chunk_size x V`` floats whatever N is. The
+    teacher's side of a chunk (top-k ids and values, [n, k+1]) is computed once and kept; only the
+    full-vocabulary mode recomputes it.
     """
     n = ids.shape[0]
     chunk = n if not chunk_size else max(1, chunk_size)
+    cache: dict[int, tuple[torch.Tensor | None, torch.Tensor]] = {}
+    keep = spec is not None and (spec.topk is not None or not spec.full_logit)
+
+    def teacher_side(rows: slice) -> TeacherSide:
+        def get(idx: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor]:
+            if rows.start in cache:
+                return cache[rows.start]
+            with torch.no_grad():
+                t_logits = teacher_logits_fn(rows).float()
+                t_lse = torch.logsumexp(t_logits, dim=-1, keepdim=True)
+                if not spec.full_logit:
+                    value = t_logits.gather(-1, ids[rows][:, None]).squeeze(-1) - t_lse.squeeze(-1)
+                else:
+                    value = _to_bins(t_logits, t_lse, idx, spec)
+            if keep:
+                cache[rows.start] = (idx, value)
+            return idx, value
+
+        return get
+
     logps, divs = [], []
     for start in range(0, n, chunk):
         rows = slice(start, min(n, start + chunk))
 
         def run(rows: slice = rows) -> tuple[torch.Tensor, torch.Tensor]:
-            with torch.no_grad():
-                t_logits = teacher_logits_fn(rows) if teacher_logits_fn is not None else None
-            return _chunk_terms(student_logits_fn(rows), t_logits, ids[rows], spec)
+            teacher = teacher_side(rows) if teacher_logits_fn is not None else None
+            return _chunk_terms(student_logits_fn(rows), teacher, ids[rows], spec)
 
         if recompute and torch.is_grad_enabled() and n > 0:
             logp, div = checkpoint(run, use_reentrant=False)

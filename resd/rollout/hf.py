@@ -43,10 +43,14 @@ class HFGenerator:
         tokenizer: its tokenizer (pad and stop tokens).
         batch_size: sequences generated together (prompts x n are split into chunks of this size).
         stop_token_ids: extra stop tokens besides the tokenizer's EOS.
+        record_logprobs: record the sampler's log-probs (needed for truncated importance sampling;
+            costs a full-vocabulary log-softmax per generated token).
     """
 
-    def __init__(self, model, tokenizer, batch_size: int = 8, stop_token_ids: Sequence[int] = ()) -> None:
+    def __init__(self, model, tokenizer, batch_size: int = 8, stop_token_ids: Sequence[int] = (),
+                 record_logprobs: bool = True) -> None:
         self.model = model
+        self.record_logprobs = record_logprobs
         self.tokenizer = tokenizer
         self.batch_size = max(1, batch_size)
         stops = {tokenizer.eos_token_id, *stop_token_ids}
@@ -86,17 +90,19 @@ class HFGenerator:
             eos_token_id=self.stop_ids,
             pad_token_id=self.pad_id,
         )
-        recorder = _LogprobRecorder(sampling.temperature, width)
+        recorder = _LogprobRecorder(sampling.temperature, width) if self.record_logprobs else None
         sequences = self.model.generate(
             input_ids=input_ids.to(device),
             attention_mask=attention.to(device),
             generation_config=config,
-            logits_processor=LogitsProcessorList([recorder]),
+            logits_processor=LogitsProcessorList([recorder] if recorder else []),
         ).cpu()
         generated = sequences[:, width:]
-        if generated.shape[1]:
-            recorder.take(generated[:, -1])
-        logprobs = torch.stack(recorder.values, dim=1).cpu() if recorder.values else torch.zeros(len(jobs), 0)
+        logprobs = None
+        if recorder is not None:
+            if generated.shape[1]:
+                recorder.take(generated[:, -1])
+            logprobs = torch.stack(recorder.values, dim=1).cpu() if recorder.values else torch.zeros(len(jobs), 0)
         rollouts = []
         stop = torch.tensor(self.stop_ids)
         for row, (prompt_index, _) in enumerate(jobs):
@@ -107,7 +113,7 @@ class HFGenerator:
                 Rollout(
                     prompt_index=prompt_index,
                     response_ids=tokens[:length].tolist(),
-                    logprobs=logprobs[row, :length].tolist(),
+                    logprobs=logprobs[row, :length].tolist() if logprobs is not None else None,
                     finished=bool(len(hits)),
                 )
             )

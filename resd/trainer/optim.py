@@ -48,6 +48,7 @@ class MasterWeightAdamW:
         if self.mixed:
             for p, m in zip(self.params, self.master, strict=True):
                 m.grad = None if p.grad is None else p.grad.float()
+                p.grad = None  # one low-precision gradient at a time is alive next to its copy
         grads = [m for m in self.master if m.grad is not None]
         if not grads:
             return 0.0

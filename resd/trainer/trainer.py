@@ -133,7 +133,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer.optimizer, warmup_lambda(cfg.train.warmup_steps, self.total_optimizer_steps(), cfg.train.lr_schedule)
         )
-        self.generator = HFGenerator(self.model, self.tokenizer, cfg.rollout.batch_size)
+        self.generator = HFGenerator(self.model, self.tokenizer, cfg.rollout.batch_size,
+                                     record_logprobs=cfg.train.rollout_is_threshold is not None)
         self.sampling = SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k, cfg.rollout.max_new_tokens)
 
         self.step = 0

@@ -1,0 +1,149 @@
+"""Metric curves as PNG bytes (matplotlib's Agg canvas; no display, no pyplot global state)."""
+
+from __future__ import annotations
+
+import io
+import re
+import warnings
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from resd.report.loading import RunData
+
+#: training metrics shown by default, in page order (absent ones are skipped)
+TRAIN_METRICS: tuple[str, ...] = (
+    "reward/mean",
+    "acc/mean",
+    "loss/distill",
+    "loss/pg",
+    "self_distillation/reprompt_sample_fraction",
+    "response_length/mean",
+    "playbook/size",
+    "actor/grad_norm",
+)
+
+#: validation bookkeeping counts that are not worth a curve
+VAL_SKIP: frozenset[str] = frozenset({"val/prompts", "val/samples"})
+
+TITLES: dict[str, str] = {
+    "reward/mean": "reward (mean)",
+    "acc/mean": "accuracy (mean)",
+    "loss/distill": "self-distillation loss",
+    "loss/pg": "policy-gradient loss",
+    "self_distillation/reprompt_sample_fraction": "self-distillation mask fraction",
+    "response_length/mean": "response length (tokens, mean)",
+    "playbook/size": "playbook size (bullets)",
+    "actor/grad_norm": "gradient norm",
+}
+
+#: x-axis id -> (metric holding the x value, or "step"; axis label)
+X_AXES: dict[str, tuple[str, str]] = {
+    "step": ("step", "step"),
+    "rollouts": ("progress/rollouts", "rollouts"),
+    "time": ("progress/elapsed_s", "wall-clock"),
+}
+
+_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+
+
+def run_color(index: int) -> str:
+    """The color of the ``index``-th run, the same in every plot and in the page's legend."""
+    return _COLORS[index % len(_COLORS)]
+
+
+def title_of(key: str) -> str:
+    return TITLES.get(key, key)
+
+
+def slug(text: str) -> str:
+    """A file- and id-safe name: ``val/task/mean@4`` -> ``val-task-mean-4``."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "metric"
+
+
+def _plain(text: str) -> str:
+    """Text matplotlib shows literally: no mathtext, and not hidden from the legend by a leading '_'."""
+    text = text.replace("$", r"\$")
+    return " " + text if text.startswith("_") else text
+
+
+def _time_scale(seconds: float) -> tuple[float, str]:
+    if seconds >= 2 * 3600:
+        return 3600.0, "h"
+    if seconds >= 120:
+        return 60.0, "min"
+    return 1.0, "s"
+
+
+def _moving_average(values: list[float], window: int) -> list[float]:
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def has_data(runs: list[RunData], key: str) -> bool:
+    return any(run.series(key)[0] for run in runs)
+
+
+def metric_png(runs: list[RunData], key: str, x_axis: str, dpi: int = 100) -> bytes | None:
+    """One curve per run of ``key`` against ``x_axis`` (a key of :data:`X_AXES`); None when no run has
+    a point for it. Long noisy curves get a moving average over a faint raw line."""
+    x_key, x_label = X_AXES[x_axis]
+    series = [(i, run, *run.series(key, x_key)) for i, run in enumerate(runs)]
+    series = [s for s in series if s[2]]
+    if not series:
+        return None
+    scale, unit = (1.0, "")
+    if x_axis == "time":
+        scale, unit = _time_scale(max(max(xs) for _, _, xs, _ in series))
+    fig = Figure(figsize=(4.8, 3.0), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    lowest, highest = float("inf"), float("-inf")
+    for index, run, xs, ys in series:
+        xs = [x / scale for x in xs]
+        lowest, highest = min(lowest, *xs), max(highest, *xs)
+        color = run_color(index)
+        label = _plain(run.label or run.name)
+        if len(ys) >= 30:
+            ax.plot(xs, ys, color=color, alpha=0.25, linewidth=0.8)
+            ax.plot(xs, _moving_average(ys, max(5, len(ys) // 20)), color=color, linewidth=1.6, label=label)
+        else:
+            ax.plot(xs, ys, color=color, linewidth=1.4, marker="o", markersize=3.5, label=label)
+    ax.set_title(_plain(title_of(key)), fontsize=10)
+    ax.set_xlabel(f"{x_label} ({unit})" if unit else x_label, fontsize=8)
+    ax.tick_params(labelsize=8)
+    if highest == lowest:  # a single x value: give it room (and integer ticks a chance)
+        pad = max(1.0, abs(highest) * 0.1) if x_axis != "time" else max(abs(highest) * 0.1, 1e-3)
+        ax.set_xlim(lowest - pad, highest + pad)
+    if x_axis != "time":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, alpha=0.3)
+    if len(runs) > 1:
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():  # missing glyphs for unusual run names are not worth a warning
+        warnings.simplefilter("ignore")
+        fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def metric_sort_key(key: str) -> tuple[int, int, str]:
+    """Reading order of evaluation metrics (with or without ``val/``): task, test case, score,
+    accuracy, pass@k, then the rest; within a group mean@k before best@k before the bootstrap."""
+    name = key[4:] if key.startswith("val/") else key
+    groups = ("task/", "test_case/", "score/", "acc/", "pass@", "response_length/")
+    group = next((i for i, prefix in enumerate(groups) if name.startswith(prefix)), len(groups))
+    kind = 2 if "bootstrap" in name else 1 if "/best@" in name else 0
+    return group, kind, name
+
+
+def val_metric_order(keys: set[str]) -> list[str]:
+    """The ``val/`` metrics among ``keys`` (bookkeeping counts left out) in :func:`metric_sort_key` order."""
+    return sorted((k for k in keys if k.startswith("val/") and k not in VAL_SKIP), key=metric_sort_key)
