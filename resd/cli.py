@@ -12,6 +12,10 @@ EPILOG = """examples:
   resd train --preset smoke                     # a tiny random model, a few seconds
   resd train --config my.yaml train.lr=1e-6 rollout.n=4
   resd train --resume runs/demo-20260101-120000  # continue a stopped run
+  resd report runs/demo-20260101-120000          # HTML report of a run; several dirs: comparison
+  resd eval --run runs/demo-20260101-120000 --step best
+  resd solve --preset demo --example 3 --method sdpo --budget 32
+  resd playbook show runs/resd-... --step 4
   resd presets                                  # list presets
   resd envs                                     # list environments
 """
@@ -313,6 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
     presets.set_defaults(func=_presets)
     env_list = sub.add_parser("envs", help="list the available environments")
     env_list.set_defaults(func=_envs)
+
+    from resd.report import add_report_parser
+
+    add_report_parser(sub)
     return parser
 
 

@@ -21,6 +21,12 @@ if ! command -v bwrap >/dev/null 2>&1; then
     echo "note: install bubblewrap (e.g. sudo apt-get install bubblewrap) for a stronger sandbox" >&2
   fi
 fi
+# Debian's Chromium renders report pages in the browser test (skipped without it).
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+   && [ "${RESD_SKIP_CHROMIUM:-0}" != 1 ]; then
+  (apt-get update -qq && apt-get install -y -qq chromium chromium-driver) >/dev/null 2>&1 \
+    || echo "note: could not install chromium; the report browser test will be skipped" >&2
+fi
 stamp=".venv/.resd-$(cat pyproject.toml | sha256sum | cut -c1-16)-${extras//,/_}"
 if [ ! -f "$stamp" ]; then
   if ! python -c "import torch" >/dev/null 2>&1; then

@@ -1,16 +1,14 @@
-"""``resd report``: read run directories, draw the curves, write the HTML page and the PNGs."""
+"""Read run directories, draw the curves, write the HTML page and the PNGs."""
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import re
-import sys
 from pathlib import Path
 
 from resd.report.html import Plot, render_page
 from resd.report.loading import RunData, assign_labels, load_run
-from resd.report.plots import TRAIN_METRICS, X_AXES, has_data, metric_png, slug, val_metric_order
+from resd.report.plots import TRAIN_METRICS, X_AXES, metric_png, metric_sort_key, slug, val_metric_order
 
 #: validation curves shown open (the others sit in a collapsed "all validation metrics" block)
 _VAL_MAIN = re.compile(r"^val/(task|test_case)/(mean|best)@\d+$|^val/pass@\d+$")
@@ -27,8 +25,8 @@ def choose_metrics(runs: list[RunData], patterns: list[str] | None = None) -> tu
     if patterns:
         chosen = [k for k in sorted(logged) if any(fnmatch.fnmatchcase(k, p) for p in patterns)]
         train = [k for k in chosen if not k.startswith("val/")]
-        return train, val_metric_order({k for k in chosen if k.startswith("val/")}), []
-    train = [k for k in TRAIN_METRICS if k in logged and has_data(runs, k)]
+        return train, sorted((k for k in chosen if k.startswith("val/")), key=metric_sort_key), []
+    train = [k for k in TRAIN_METRICS if k in logged]
     main = [k for k in val_keys if _VAL_MAIN.match(k)] or val_keys[:6]
     return train, main, [k for k in val_keys if k not in main]
 
@@ -72,43 +70,3 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None, *, s
     text = render_page(runs, plots, train, val_main, val_more, page.parent.resolve(), steps, samples_per_step)
     page.write_bytes(text.encode("utf-8", errors="replace"))  # lone surrogates from model output
     return page
-
-
-def _parse_steps(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--steps wants comma-separated step numbers, got {text!r}") from None
-
-
-def _run(args: argparse.Namespace) -> int:
-    patterns = [p.strip() for group in args.metrics or [] for p in group.split(",") if p.strip()]
-    try:
-        page = write_report(args.run_dirs, args.out, steps=args.steps, metrics=patterns or None,
-                            samples_per_step=args.samples_per_step)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {page} (plots in {page.parent / 'plots'})")
-    return 0
-
-
-def add_report_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``resd report`` to the ``resd`` command's subparsers."""
-    parser = subparsers.add_parser(
-        "report", help="write a self-contained HTML report of one run, or compare several",
-        description="Write an HTML page (no server or network needed) with training and validation curves "
-        "against step, rollouts and wall-clock, the playbook at chosen steps with its changes, sample "
-        "rollouts and the evaluations; each plot is also saved as a PNG in plots/ next to the page. "
-        "With several run directories the curves are overlaid (legend: run name).")
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (several: comparison)")
-    parser.add_argument("--out", help="HTML file (default: RUN_DIR/report/index.html, or "
-                        "report-compare/index.html for several runs)")
-    parser.add_argument("--steps", type=_parse_steps, help="steps for the playbook and samples, e.g. 1,5,10 "
-                        "(default: a few evenly spaced steps and the last)")
-    parser.add_argument("--metrics", action="append", metavar="PATTERNS",
-                        help="comma-separated metric names or shell patterns to plot instead of the defaults, "
-                        "e.g. 'reward/mean,val/pass@*' (repeatable)")
-    parser.add_argument("--samples-per-step", type=int, default=4, help="sample rollouts shown per step (default 4)")
-    parser.set_defaults(func=_run)
-    return parser

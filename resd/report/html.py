@@ -293,7 +293,7 @@ def _badges(diff: PlaybookDiff, baseline: bool) -> str:
     if diff.edited:
         parts.append(f'<span class="badge b-chg">{diff.edited} edited</span>')
     if diff.counters:
-        parts.append(f'<span class="badge b-chg">{diff.counters} counters changed</span>')
+        parts.append(f'<span class="badge b-chg">{diff.counters} counter{"s" if diff.counters > 1 else ""} changed</span>')
     if len(parts) == 1:
         parts.append('<span class="sub"> no change</span>')
     return "".join(parts)

@@ -86,26 +86,53 @@ def _moving_average(values: list[float], window: int) -> list[float]:
     return out
 
 
-def has_data(runs: list[RunData], key: str) -> bool:
-    return any(run.series(key)[0] for run in runs)
+#: values beyond this magnitude (a diverged run) are left out of plots: matplotlib cannot lay out
+#: an axis whose span overflows a float
+MAX_ABS = 1e100
+
+
+def _plottable(xs: list[float], ys: list[float]) -> tuple[list[float], list[float], int]:
+    kept = [(x, y) for x, y in zip(xs, ys, strict=True) if abs(x) <= MAX_ABS and abs(y) <= MAX_ABS]
+    return [x for x, _ in kept], [y for _, y in kept], len(xs) - len(kept)
 
 
 def metric_png(runs: list[RunData], key: str, x_axis: str, dpi: int = 100) -> bytes | None:
     """One curve per run of ``key`` against ``x_axis`` (a key of :data:`X_AXES`); None when no run has
-    a point for it. Long noisy curves get a moving average over a faint raw line."""
-    x_key, x_label = X_AXES[x_axis]
+    a point for it. Long noisy curves get a moving average over a faint raw line. Values beyond
+    :data:`MAX_ABS` are left out (the title says how many); a figure matplotlib cannot draw becomes
+    a placeholder that says why."""
+    x_key, _ = X_AXES[x_axis]
     series = [(i, run, *run.series(key, x_key)) for i, run in enumerate(runs)]
     series = [s for s in series if s[2]]
     if not series:
         return None
+    with warnings.catch_warnings():  # overflow and missing-glyph warnings are not worth showing
+        warnings.simplefilter("ignore")
+        try:
+            fig = _curve_figure(series, key, x_axis, len(runs) > 1, dpi)
+        except (ValueError, OverflowError, ArithmeticError, RuntimeError) as e:
+            fig = _placeholder_figure(key, f"could not draw: {type(e).__name__}", dpi)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _curve_figure(series, key: str, x_axis: str, legend: bool, dpi: int) -> Figure:
+    _, x_label = X_AXES[x_axis]
+    cleaned = [(index, run, *_plottable(xs, ys)) for index, run, xs, ys in series]
+    dropped = sum(c[4] for c in cleaned)
+    cleaned = [c for c in cleaned if c[2]]
+    title = _plain(title_of(key)) + (f" ({dropped} extreme values not shown)" if dropped else "")
+    if not cleaned:
+        return _placeholder_figure(key, "no plottable values", dpi)
     scale, unit = (1.0, "")
     if x_axis == "time":
-        scale, unit = _time_scale(max(max(xs) for _, _, xs, _ in series))
+        scale, unit = _time_scale(max(max(xs) for _, _, xs, _, _ in cleaned))
     fig = Figure(figsize=(4.8, 3.0), dpi=dpi)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     lowest, highest = float("inf"), float("-inf")
-    for index, run, xs, ys in series:
+    for index, run, xs, ys, _ in cleaned:
         xs = [x / scale for x in xs]
         lowest, highest = min(lowest, *xs), max(highest, *xs)
         color = run_color(index)
@@ -115,7 +142,7 @@ def metric_png(runs: list[RunData], key: str, x_axis: str, dpi: int = 100) -> by
             ax.plot(xs, _moving_average(ys, max(5, len(ys) // 20)), color=color, linewidth=1.6, label=label)
         else:
             ax.plot(xs, ys, color=color, linewidth=1.4, marker="o", markersize=3.5, label=label)
-    ax.set_title(_plain(title_of(key)), fontsize=10)
+    ax.set_title(title, fontsize=10)
     ax.set_xlabel(f"{x_label} ({unit})" if unit else x_label, fontsize=8)
     ax.tick_params(labelsize=8)
     if highest == lowest:  # a single x value: give it room (and integer ticks a chance)
@@ -124,14 +151,18 @@ def metric_png(runs: list[RunData], key: str, x_axis: str, dpi: int = 100) -> by
     if x_axis != "time":
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, alpha=0.3)
-    if len(runs) > 1:
+    if legend:
         ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():  # missing glyphs for unusual run names are not worth a warning
-        warnings.simplefilter("ignore")
-        fig.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return fig
+
+
+def _placeholder_figure(key: str, message: str, dpi: int) -> Figure:
+    fig = Figure(figsize=(4.8, 3.0), dpi=dpi)
+    FigureCanvasAgg(fig)
+    fig.text(0.5, 0.6, _plain(title_of(key)), ha="center", fontsize=10)
+    fig.text(0.5, 0.45, message, ha="center", fontsize=9, color="#a50e0e")
+    return fig
 
 
 def metric_sort_key(key: str) -> tuple[int, int, str]:
