@@ -213,6 +213,12 @@ class Config(Section):
     resd: ResdConfig = Field(default_factory=ResdConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
+    @model_validator(mode="after")
+    def _grpo_is_pure_policy_gradient(self) -> Config:
+        if self.algorithm == "grpo" and self.loss.pg_weight != 1.0:
+            self.loss.pg_weight = 1.0  # so that the saved config says what the trainer does
+        return self
+
     @property
     def uses_stream(self) -> bool:
         return self.algorithm == "resd" or self.stream.enabled

@@ -64,3 +64,9 @@ def test_cli_help_lists_commands(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert "train" in out and "presets" in out
+
+
+def test_grpo_config_reports_its_pure_policy_gradient():
+    from resd.config import load_config
+
+    assert load_config("smoke", overrides=["algorithm=grpo"]).loss.pg_weight == 1.0

@@ -298,3 +298,18 @@ def test_random_operations_never_raise_and_keep_the_playbook_well_formed():
         assert set(pb.last_used) <= {b.id for b in pb.bullets()}
         assert len({b.id for b in pb.bullets()}) == pb.total()
     assert all(totals[k] > 0 for k in totals), totals
+
+
+def test_placeholder_lessons_copied_from_the_prompt_are_skipped():
+    from resd.context.curation import apply_operations
+    from resd.context.playbook import Playbook
+
+    pb = Playbook()
+    summary = apply_operations(pb, [
+        {"type": "ADD", "section": "others", "content": "<new lesson>"},
+        {"type": "ADD", "section": "others", "content": "  ...  "},
+        {"type": "ADD", "section": "others", "content": "[misc-00009] helpful=0 harmful=0 :: <lesson>"},
+        {"type": "ADD", "section": "others", "content": "Check the <EMPTY> branch of every puller."},
+    ])
+    assert summary.added == 1 and summary.skipped == 3
+    assert [b.content for b in pb.bullets()] == ["Check the <EMPTY> branch of every puller."]

@@ -117,11 +117,19 @@ class CurationSummary:
         return {k: getattr(self, k) for k in ("added", "deduplicated", "updated", "deleted", "merged", "skipped")}
 
 
+_PLACEHOLDER = re.compile(r"^\s*(<[^<>]*>|\.\.\.|\[[^\[\]]*\])\s*$")
+
+
 def clean_content(content: str) -> str:
-    """One-line content, without an ``[id] helpful=.. harmful=.. ::`` prefix a model may have copied."""
+    """One-line content, without an ``[id] helpful=.. harmful=.. ::`` prefix a model may have copied.
+
+    Content that is only a template placeholder (``<new lesson>``, ``...``) counts as empty: small
+    models often copy the curator prompt's example verbatim.
+    """
     text = one_line(content)
     match = BULLET_RE.match(text)
-    return match.group(4).strip() if match else text
+    text = match.group(4).strip() if match else text
+    return "" if _PLACEHOLDER.match(text) else text
 
 
 def add_bullet(playbook: Playbook, section: str, content: str, *, dedup: Dedup | None = None,
