@@ -330,10 +330,27 @@ def test_template_json_examples_parse_with_our_parsers():
                                   "correct_approach", "key_insight"}
     success = prompts.SUCCESS_REFLECTOR.format(prompt="p", response="r", playbook="b")
     example = success.split("Answer in this exact JSON format:")[1].rstrip().removesuffix("---")
-    assert parse_reflection(example).bullet_tags == [("calc-00001", "helpful"), ("err-00002", "neutral")]
+    assert parse_reflection(example).bullet_tags == [("calc-00000", "helpful"), ("err-00000", "neutral")]
     curator = prompts.CURATOR.format(playbook_stats="{}", recent_reflection="r", current_playbook="b", prompt="p")
     parsed = parse_curator(curator.split("Answer in this exact JSON format:")[1])
-    assert parsed.ok and parsed.operations[0]["section"] == "formulas_and_calculations"
+    assert parsed.ok and parsed.operations[0]["section"] == "common_mistakes_to_avoid"
+
+
+def test_prompt_example_ids_never_name_a_real_bullet():
+    """Small models copy the example tags verbatim: they must not hit real bullets (ids start at 1)."""
+    from resd.context.curation import apply_operations
+    from resd.context.playbook import Playbook
+
+    pb = Playbook()
+    apply_operations(pb, [{"type": "ADD", "section": s, "content": f"lesson {s}"}
+                          for s in ("formulas_and_calculations", "common_mistakes_to_avoid")])
+    reflector = prompts.REFLECTOR.format(prompt="p", response="r", feedback="f", teacher_feedback="", playbook="b")
+    tags = parse_reflection(reflector.split("Answer in this exact JSON format:")[1].rstrip().removesuffix("---")).bullet_tags
+    counts = pb.apply_tags(tags)
+    assert counts.unknown_id == 2 and counts.applied == 0
+    curator = prompts.CURATOR.format(playbook_stats="{}", recent_reflection="r", current_playbook="b", prompt="p")
+    summary = apply_operations(pb, parse_curator(curator.split("Answer in this exact JSON format:")[1]).operations)
+    assert summary.added == 0 and summary.skipped == 1  # the placeholder lesson is not added
 
 
 def test_curator_lists_the_real_section_names():

@@ -46,8 +46,8 @@ Answer in this exact JSON format:
   "correct_approach": "<what the model should have done>",
   "key_insight": "<the lesson to remember for similar tasks>",
   "bullet_tags": [
-    {{"id": "calc-00001", "tag": "helpful"}},
-    {{"id": "err-00002", "tag": "harmful"}}
+    {{"id": "calc-00000", "tag": "helpful"}},
+    {{"id": "err-00000", "tag": "harmful"}}
   ]
 }}
 
@@ -74,8 +74,8 @@ Answer in this exact JSON format:
 {{
   "reasoning": "<which bullets mattered and why>",
   "bullet_tags": [
-    {{"id": "calc-00001", "tag": "helpful"}},
-    {{"id": "err-00002", "tag": "neutral"}}
+    {{"id": "calc-00000", "tag": "helpful"}},
+    {{"id": "err-00000", "tag": "neutral"}}
   ]
 }}
 
@@ -123,7 +123,7 @@ Answer in this exact JSON format:
 {{
   "reasoning": "<why these changes help>",
   "operations": [
-    {{"type": "ADD", "section": "formulas_and_calculations", "content": "<new lesson>"}}
+    {{"type": "ADD", "section": "common_mistakes_to_avoid", "content": "<the lesson itself, one sentence>"}}
   ]
 }}
 """
