@@ -59,6 +59,7 @@ class RolloutConfig(Section):
     top_k: int = Field(0, ge=0)
     max_new_tokens: int = Field(256, ge=1)
     batch_size: int = Field(8, ge=1, description="sequences generated together")
+    seeded: bool = Field(True, description="sample every sequence from its own seed (results independent of batching)")
 
 
 class TrainConfig(Section):
@@ -147,8 +148,10 @@ class StreamConfig(Section):
 
 
 class ReflectorConfig(Section):
-    backend: Literal["policy", "model", "http"] = Field("policy", description="who writes reflections and curations")
-    model: str | None = Field(None, description="model name/path (backend=model) or served model name (http)")
+    backend: Literal["policy", "model", "http", "callable"] = Field("policy", description="who writes reflections and curations")
+    model: str | None = Field(
+        None, description="model name/path (backend=model), served model name (http), or 'module:factory' (callable)"
+    )
     url: str | None = Field(None, description="OpenAI-compatible endpoint (backend=http)")
     api_key_env: str | None = Field(None, description="environment variable holding the API key (http)")
     max_new_tokens: int = Field(512, ge=1)

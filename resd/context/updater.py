@@ -59,6 +59,8 @@ class ContextUpdater:
         self.store = PlaybookStore(config.playbook_mode, seed=seed)
         self.buffer = SolutionBuffer()
         self.dedup = Dedup(config.dedup_threshold, jaccard_similarity) if config.dedup_threshold else None
+        #: raw curator outputs of the last update with their parse result, for logs
+        self.last_curations: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ helpers
     def playbook(self, example_id: str | None = None) -> Playbook:
@@ -155,8 +157,11 @@ class ContextUpdater:
                 self._curator_messages(items[i], reflections[i], self.store.get(items[i].example_id)) for i in chosen
             ])
             ops_by_playbook: dict[str, list[dict[str, Any]]] = {}
+            self.last_curations = []
             for i, raw in zip(chosen, outputs, strict=True):
                 parsed = parse_curator(raw)
+                self.last_curations.append({"example_id": items[i].example_id, "output": raw, "ok": parsed.ok,
+                                            "error": parsed.error, "operations": parsed.operations})
                 if not parsed.ok:
                     curator_failures += 1
                     continue

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from resd.evaluation.metrics import best_at_k, best_at_k_bootstrap, length_stats, mean_at_k, mean_pass_at_k
 from resd.models import chat_prompt_ids
-from resd.rollout.base import SamplingParams
+from resd.rollout.base import SamplingParams, mix_seed
 
 
 @dataclasses.dataclass
@@ -68,15 +68,20 @@ def evaluate(
     chat_template_kwargs: dict[str, Any] | None = None,
     chunk_prompts: int = 8,
     progress: bool = False,
+    seed: int | None = None,
 ) -> EvalResult:
-    """Sample ``k`` responses per row with ``generator`` and score them with ``env``."""
+    """Sample ``k`` responses per row with ``generator`` and score them with ``env``.
+
+    With ``seed`` every sample has its own seed derived from it and the row index (reproducible).
+    """
     groups: list[list[dict[str, Any]]] = []
     bar = tqdm(total=len(rows), desc="eval", disable=not progress, dynamic_ncols=True)
     for start in range(0, len(rows), chunk_prompts):
         chunk = list(rows[start : start + chunk_prompts])
         messages = [env.prompt_messages(r) for r in chunk]
         ids = [chat_prompt_ids(tokenizer, m, max_prompt_length, "left", chat_template_kwargs)[0] for m in messages]
-        rollouts = generator.generate(ids, k, sampling)
+        seeds = [mix_seed(seed, start + i) for i in range(len(chunk))] if seed is not None else None
+        rollouts = generator.generate(ids, k, sampling, seeds)
         texts = tokenizer.batch_decode([r.response_ids for r in rollouts], skip_special_tokens=True)
         examples = [chunk[r.prompt_index] for r in rollouts]
         feedbacks = env.score_batch(texts, examples, [not r.finished for r in rollouts])

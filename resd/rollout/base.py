@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Sequence
 from typing import Protocol
+
+
+def mix_seed(*parts: object) -> int:
+    """A stable 63-bit seed from any tuple of ints and strings (independent of PYTHONHASHSEED)."""
+    digest = hashlib.blake2b(repr(parts).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,8 +49,13 @@ class Rollout:
 class Generator(Protocol):
     """A rollout backend: samples ``n`` responses for each prompt (given as token ids)."""
 
-    def generate(self, prompts: Sequence[Sequence[int]], n: int, sampling: SamplingParams) -> list[Rollout]:
-        """Return ``len(prompts) * n`` rollouts, grouped by prompt (all of prompt 0 first)."""
+    def generate(self, prompts: Sequence[Sequence[int]], n: int, sampling: SamplingParams,
+                 seeds: Sequence[int] | None = None) -> list[Rollout]:
+        """Return ``len(prompts) * n`` rollouts, grouped by prompt (all of prompt 0 first).
+
+        With ``seeds`` (one per prompt) every sequence is sampled from its own random stream, so
+        the result does not depend on how prompts are batched or split across processes.
+        """
         ...
 
     def sync_weights(self) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from resd.rollout.base import Rollout, SamplingParams
+from resd.rollout.base import Rollout, SamplingParams, mix_seed
 
 
 class _LogprobRecorder(LogitsProcessor):
@@ -33,6 +33,40 @@ class _LogprobRecorder(LogitsProcessor):
             self.take(input_ids[:, -1])
         self.pending = torch.log_softmax(scores.float() / self.temperature, dim=-1)
         return scores
+
+
+class _SeededSampler(LogitsProcessor):
+    """Samples each row from its own counter-based random stream (Gumbel-max), so a sequence's
+    tokens depend only on its seed and its logits, not on the batch it was generated in.
+
+    Applies temperature, top-k and top-p like the usual warpers, then adds Gumbel noise drawn from
+    ``Generator(mix_seed(row_seed, position))``; ``generate`` runs greedily and so picks
+    ``argmax(logits / T + gumbel)``, an exact sample of the truncated distribution.
+    """
+
+    def __init__(self, row_seeds: Sequence[int], prompt_len: int, sampling: SamplingParams) -> None:
+        self.row_seeds = list(row_seeds)
+        self.prompt_len = prompt_len
+        self.sampling = sampling
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        position = input_ids.shape[1] - self.prompt_len
+        logits = scores.float() / self.sampling.temperature
+        vocab = logits.shape[-1]
+        if self.sampling.top_k and self.sampling.top_k < vocab:
+            kth = logits.topk(self.sampling.top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if self.sampling.top_p < 1.0:
+            sorted_logits, order = logits.sort(dim=-1, descending=True)
+            probs = sorted_logits.softmax(dim=-1)
+            drop = probs.cumsum(dim=-1) - probs > self.sampling.top_p  # always keeps the first token
+            logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+        noise = torch.empty_like(logits)
+        for row, seed in enumerate(self.row_seeds):
+            gen = torch.Generator().manual_seed(mix_seed(seed, position))
+            uniform = torch.rand(vocab, generator=gen).clamp_(1e-20, 1.0 - 1e-7)
+            noise[row] = -torch.log(-torch.log(uniform))
+        return logits + noise.to(logits.device)
 
 
 class HFGenerator:
@@ -61,19 +95,23 @@ class HFGenerator:
         """Nothing to do: the generator uses the trainer's module."""
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[Sequence[int]], n: int, sampling: SamplingParams) -> list[Rollout]:
+    def generate(self, prompts: Sequence[Sequence[int]], n: int, sampling: SamplingParams,
+                 seeds: Sequence[int] | None = None) -> list[Rollout]:
         jobs = [(p, list(prompts[p])) for p in range(len(prompts)) for _ in range(n)]
+        row_seeds = [mix_seed(seeds[p], j) for p in range(len(prompts)) for j in range(n)] if seeds is not None else None
         out: list[Rollout] = []
         was_training = self.model.training
         self.model.eval()
         try:
             for start in range(0, len(jobs), self.batch_size):
-                out.extend(self._generate_chunk(jobs[start : start + self.batch_size], sampling))
+                chunk_seeds = row_seeds[start : start + self.batch_size] if row_seeds is not None else None
+                out.extend(self._generate_chunk(jobs[start : start + self.batch_size], sampling, chunk_seeds))
         finally:
             self.model.train(was_training)
         return out
 
-    def _generate_chunk(self, jobs: list[tuple[int, list[int]]], sampling: SamplingParams) -> list[Rollout]:
+    def _generate_chunk(self, jobs: list[tuple[int, list[int]]], sampling: SamplingParams,
+                        row_seeds: list[int] | None = None) -> list[Rollout]:
         device = next(self.model.parameters()).device
         width = max(len(ids) for _, ids in jobs)
         input_ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)
@@ -81,21 +119,23 @@ class HFGenerator:
         for row, (_, ids) in enumerate(jobs):  # left padding
             input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
             attention[row, width - len(ids) :] = 1
+        seeded = row_seeds is not None
         config = GenerationConfig(
-            do_sample=True,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k or None,
+            do_sample=not seeded,  # seeded rows sample through _SeededSampler and a greedy pick
+            temperature=None if seeded else sampling.temperature,
+            top_p=None if seeded else sampling.top_p,
+            top_k=None if seeded else (sampling.top_k or None),
             max_new_tokens=sampling.max_new_tokens,
             eos_token_id=self.stop_ids,
             pad_token_id=self.pad_id,
         )
         recorder = _LogprobRecorder(sampling.temperature, width) if self.record_logprobs else None
+        processors = [p for p in (recorder, _SeededSampler(row_seeds, width, sampling) if seeded else None) if p]
         sequences = self.model.generate(
             input_ids=input_ids.to(device),
             attention_mask=attention.to(device),
             generation_config=config,
-            logits_processor=LogitsProcessorList([recorder] if recorder else []),
+            logits_processor=LogitsProcessorList(processors),
         ).cpu()
         generated = sequences[:, width:]
         logprobs = None

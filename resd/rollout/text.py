@@ -29,8 +29,10 @@ class PolicyTextGenerator:
     """Generates with a rollout backend (``HFGenerator`` or any :class:`~resd.rollout.Generator`)."""
 
     def __init__(self, generator, tokenizer, sampling: SamplingParams, max_prompt_tokens: int | None = None,
-                 chat_template_kwargs: dict[str, Any] | None = None) -> None:
+                 chat_template_kwargs: dict[str, Any] | None = None, seed_fn=None, dist=None) -> None:
         self.generator = generator
+        self.dist = dist  # a resd.distributed.DistInfo: each rank writes its share, then all exchange
+        self.seed_fn = seed_fn  # count -> per-conversation seeds (or None for the global RNG)
         self.tokenizer = tokenizer
         self.sampling = sampling
         self.max_prompt_tokens = max_prompt_tokens
@@ -41,14 +43,19 @@ class PolicyTextGenerator:
 
         if not conversations:
             return []
+        seeds = self.seed_fn(len(conversations)) if self.seed_fn is not None else None
+        share = self.dist.share(len(conversations)) if self.dist is not None else slice(0, len(conversations))
         # An over-long reflector/curator prompt keeps its end (the instructions and the generation
         # prompt) rather than crashing the run as the reference implementation does.
         prompts = [
             chat_prompt_ids(self.tokenizer, c, self.max_prompt_tokens, "left", self.chat_template_kwargs)[0]
-            for c in conversations
+            for c in conversations[share]
         ]
-        rollouts = self.generator.generate(prompts, 1, self.sampling)
-        return self.tokenizer.batch_decode([r.response_ids for r in rollouts], skip_special_tokens=True)
+        rollouts = self.generator.generate(prompts, 1, self.sampling, seeds[share] if seeds is not None else None) if prompts else []
+        texts = self.tokenizer.batch_decode([r.response_ids for r in rollouts], skip_special_tokens=True)
+        if self.dist is not None and self.dist.enabled:
+            texts = [t for part in self.dist.all_gather(texts) for t in part]
+        return texts
 
 
 class ModelTextGenerator(PolicyTextGenerator):

@@ -50,11 +50,24 @@ def lm_head(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def response_hidden(model: torch.nn.Module, rows: PackedRows) -> torch.Tensor:
-    """Final hidden states [N, H] at the positions that predict the response tokens."""
+    """Final hidden states [N, H] at the positions that predict the response tokens.
+
+    The whole model's forward runs (so that FSDP's hooks on the root module fire) with the LM head
+    applied to one position only; the decoder's output is captured with a forward hook.
+    """
     device = next(model.parameters()).device
-    decoder = model.get_decoder()
-    out = decoder(input_ids=rows.input_ids.to(device), attention_mask=rows.attention_mask.to(device), use_cache=False)
-    hidden = out.last_hidden_state
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(_module, _args, output) -> None:
+        captured["hidden"] = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+
+    handle = model.get_decoder().register_forward_hook(keep)
+    try:
+        model(input_ids=rows.input_ids.to(device), attention_mask=rows.attention_mask.to(device), use_cache=False,
+              logits_to_keep=1)
+    finally:
+        handle.remove()
+    hidden = captured["hidden"]
     return hidden.reshape(-1, hidden.shape[-1])[rows.positions.to(device)]
 
 

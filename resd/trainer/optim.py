@@ -52,10 +52,9 @@ class MasterWeightAdamW:
         grads = [m for m in self.master if m.grad is not None]
         if not grads:
             return 0.0
-        if max_norm is None:
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.grad) for g in grads]))
-        else:
-            norm = torch.nn.utils.clip_grad_norm_(grads, max_norm)
+        norm = torch.nn.utils.clip_grad_norm_(grads, max_norm if max_norm is not None else float("inf"))
+        if hasattr(norm, "full_tensor"):  # sharded (FSDP2) gradients give a distributed norm
+            norm = norm.full_tensor()
         return float(norm)
 
     @torch.no_grad()

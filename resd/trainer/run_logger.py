@@ -21,7 +21,8 @@ class RunLogger:
     """Appends metrics to ``metrics.jsonl`` and forwards them to W&B / TensorBoard / trackio if asked."""
 
     def __init__(self, run_dir: Path, config: dict[str, Any], wandb: bool = False, tensorboard: bool = False,
-                 trackio: bool = False, project: str = "resd", name: str = "run") -> None:
+                 trackio: bool = False, project: str = "resd", name: str = "run", enabled: bool = True) -> None:
+        self.enabled = enabled  # False on every rank but the first
         self.run_dir = run_dir
         self.metrics_path = run_dir / "metrics.jsonl"
         self.samples_path = run_dir / "samples.jsonl"
@@ -47,7 +48,9 @@ class RunLogger:
 
     def truncate_after(self, step: int) -> None:
         """Drop lines of steps > ``step`` (after a resume, so the file has each step once)."""
-        for path in (self.metrics_path, self.samples_path):
+        if not self.enabled:
+            return
+        for path in (self.metrics_path, self.samples_path, self.run_dir / "curation.jsonl"):
             if not path.exists():
                 continue
             kept = []
@@ -60,6 +63,8 @@ class RunLogger:
             path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         record = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
         with self.metrics_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
@@ -72,7 +77,7 @@ class RunLogger:
                 tracker.log(numeric, step=step)
 
     def log_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
-        if not samples:
+        if not samples or not self.enabled:
             return
         with self.samples_path.open("a", encoding="utf-8") as f:
             for sample in samples:

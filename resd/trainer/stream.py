@@ -62,7 +62,8 @@ class StreamTrainer(Trainer):
                 r.use_reflection_in_teacher_prompt, r.use_solution_in_teacher_prompt, r.feedback_only_without_solution,
                 cfg.reprompt.remove_thinking_from_demonstration, r.max_section_chars,
             )
-        (self.run_dir / "playbook").mkdir(exist_ok=True)
+        if self.dist.is_main:
+            (self.run_dir / "playbook").mkdir(exist_ok=True)
 
     def _make_text_generator(self):
         r = self.config.resd.reflector
@@ -71,13 +72,21 @@ class StreamTrainer(Trainer):
             if not r.url or not r.model:
                 raise ValueError("resd.reflector.backend=http needs resd.reflector.url and resd.reflector.model")
             return HTTPTextGenerator(r.url, r.model, sampling, r.api_key_env)
+        if r.backend == "callable":  # "package.module:factory", factory(config) -> generate(conversations)
+            import importlib
+
+            module, _, attr = (r.model or "").partition(":")
+            if not module or not attr:
+                raise ValueError("resd.reflector.backend=callable needs resd.reflector.model='package.module:factory'")
+            return getattr(importlib.import_module(module), attr)(self.config)
         if r.backend == "model":
             if not r.model:
                 raise ValueError("resd.reflector.backend=model needs resd.reflector.model")
             return ModelTextGenerator(r.model, sampling, self.config.model.precision, self.config.rollout.batch_size,
                                       r.max_prompt_tokens)
         return PolicyTextGenerator(self.generator, self.tokenizer, sampling, r.max_prompt_tokens,
-                                   self.config.model.chat_template_kwargs)
+                                   self.config.model.chat_template_kwargs, seed_fn=lambda n: self.seeds("text", n),
+                                   dist=self.dist)
 
     # ------------------------------------------------------------------ planning
     def planned_batches(self) -> int:
@@ -155,7 +164,12 @@ class StreamTrainer(Trainer):
                        s.feedback.feedback or "", float(s.feedback.acc))
             for s in samples
         ]
+        self.updater.last_curations = []
         reflections, metrics = self.updater.update(items, self.text_generate)
+        if self.updater.last_curations and self.dist.is_main:
+            with (self.run_dir / "curation.jsonl").open("a", encoding="utf-8") as f:
+                for record in self.updater.last_curations:
+                    f.write(json.dumps({"step": self.step + 1, **record}) + "\n")
         for s, reflection in zip(samples, reflections, strict=True):
             s.extra["reflection"] = reflection
         if self.config.resd.use_solution_buffer:
@@ -234,6 +248,8 @@ class StreamTrainer(Trainer):
 
     # ------------------------------------------------------------------ observability and state
     def write_playbook_snapshot(self) -> None:
+        if not self.dist.is_main:
+            return
         path = self.run_dir / "playbook" / f"step-{self.step:06d}"
         if self.updater.store.mode == "global":
             path.with_suffix(".txt").write_text(self.updater.playbook().render() + "\n", encoding="utf-8")

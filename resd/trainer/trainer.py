@@ -14,6 +14,7 @@ One :meth:`Trainer.train_step`:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -33,10 +34,12 @@ from tqdm.auto import tqdm
 from resd import envs
 from resd.config import Config
 from resd.context.reprompt import RepromptConfig, build_teacher_contexts
+from resd.distributed import full_state_dict, init_distributed, load_full_state_dict, reshard, shard_model
 from resd.envs.base import Feedback
 from resd.losses import DistillationSpec, group_advantages, is_ratio, ppo_clip_token_loss, token_terms, token_weights
-from resd.models import chat_prompt_ids, load_model, load_tokenizer
+from resd.models import DTYPES, chat_prompt_ids, load_model, load_tokenizer
 from resd.rollout import HFGenerator, SamplingParams
+from resd.rollout.base import mix_seed
 from resd.teacher import Teacher
 from resd.trainer.checkpoint import latest_valid, load_checkpoint, save_checkpoint
 from resd.trainer.data_stream import DataStream
@@ -104,9 +107,12 @@ class Trainer:
     def __init__(self, config: Config, *, model=None, tokenizer=None, env=None, run_dir: str | Path | None = None,
                  train_rows: list[dict[str, Any]] | None = None) -> None:
         self.config = cfg = config
+        self.dist = init_distributed()
         seed_everything(cfg.seed)
         self.tokenizer = tokenizer or load_tokenizer(cfg.model.tokenizer or cfg.model.name)
-        self.model = model or load_model(cfg.model.name, cfg.model.precision, self.tokenizer, tiny=cfg.model.tiny)
+        # Sharded training keeps float32 parameters and computes in the configured precision.
+        load_precision = "fp32" if self.dist.enabled else cfg.model.precision
+        self.model = model or load_model(cfg.model.name, load_precision, self.tokenizer, tiny=cfg.model.tiny)
         if cfg.model.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model.train()
@@ -118,6 +124,21 @@ class Trainer:
         self.uses_teacher = cfg.algorithm != "grpo" and cfg.loss.pg_weight < 1.0
         self.pg_weight = 1.0 if cfg.algorithm == "grpo" else cfg.loss.pg_weight
         self.teacher = Teacher(self.model, cfg.teacher.kind, cfg.teacher.update_rate) if self.uses_teacher else None
+        rollout_model = self.model
+        if self.dist.enabled:
+            if self.teacher is not None and cfg.teacher.kind not in ("ema", "frozen"):
+                raise ValueError(f"teacher.kind={cfg.teacher.kind} is not supported with several processes (use ema or frozen)")
+            compute = DTYPES[cfg.model.precision]
+            # Generation uses an unsharded replica that receives the weights after every step.
+            rollout_model = copy.deepcopy(self.model).to(compute).requires_grad_(False)
+            param_dtype = compute if compute != torch.float32 else None
+            shard_model(self.model, self.dist, param_dtype)
+            if self.teacher is not None:
+                shard_model(self.teacher.module, self.dist, param_dtype)
+            local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in self.model.parameters())
+            total = sum(p.numel() for p in self.model.parameters())
+            log.info("FSDP2 sharding active: rank %d of %d holds %d of %d parameter elements",
+                     self.dist.rank, self.dist.world, local, total)
         self.spec = (
             DistillationSpec(cfg.loss.alpha, cfg.loss.topk, cfg.loss.add_tail, cfg.loss.full_logit,
                              cfg.loss.teacher_min_ratio, cfg.loss.teacher_max_ratio)
@@ -133,22 +154,27 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer.optimizer, warmup_lambda(cfg.train.warmup_steps, self.total_optimizer_steps(), cfg.train.lr_schedule)
         )
-        self.generator = HFGenerator(self.model, self.tokenizer, cfg.rollout.batch_size,
+        self.generator = HFGenerator(rollout_model, self.tokenizer, cfg.rollout.batch_size,
                                      record_logprobs=cfg.train.rollout_is_threshold is not None)
         self.sampling = SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k, cfg.rollout.max_new_tokens)
 
         self.step = 0
+        self._seed_step, self._seed_calls = -1, 0
         self.best: dict[str, Any] | None = None  # {"step", "metric", "value"} of the best validation
         self._val_rows: list[dict[str, Any]] | None = None
         self.rollouts_seen = 0
         self.nonfinite_in_a_row = 0
         self.elapsed = 0.0
         self.stop_requested = False
-        self.run_dir = Path(run_dir or cfg.logging.run_dir or Path("runs") / f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
-        self.logger = RunLogger(self.run_dir, cfg.to_dict(), cfg.logging.wandb, cfg.logging.tensorboard,
-                                cfg.logging.trackio, cfg.logging.project, cfg.name)
+        default_dir = Path("runs") / f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
+        self.run_dir = Path(run_dir or cfg.logging.run_dir or self.dist.all_gather(str(default_dir))[0])
+        main = self.dist.is_main
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+        self.dist.barrier()
+        self.logger = RunLogger(self.run_dir, cfg.to_dict(), main and cfg.logging.wandb, main and cfg.logging.tensorboard,
+                                main and cfg.logging.trackio, cfg.logging.project, cfg.name, enabled=main)
 
     # ------------------------------------------------------------------ hooks for subclasses
     single_pass = False
@@ -180,6 +206,18 @@ class Trainer:
         """Restore what :meth:`extra_state` returned."""
 
     # ------------------------------------------------------------------ rollouts
+    def seeds(self, purpose: str, count: int) -> list[int] | None:
+        """Per-sequence sampling seeds for this step (None: the global RNG, when rollout.seeded is off).
+
+        Each call within a step gets fresh seeds; a resumed run replays the same calls.
+        """
+        if not self.config.rollout.seeded:
+            return None
+        if self._seed_step != self.step:
+            self._seed_step, self._seed_calls = self.step, 0
+        self._seed_calls += 1
+        return [mix_seed(self.config.seed, self.step, purpose, self._seed_calls, i) for i in range(count)]
+
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int] | None:
         """Tokenized student prompt, or None when it is too long and the policy is ``drop``."""
         cfg = self.config.data
@@ -203,16 +241,25 @@ class Trainer:
                 continue
             prompts.append((example, messages, ids))
         t0 = time.perf_counter()
-        rollouts = self.generator.generate([p[2] for p in prompts], self.config.rollout.n, self.sampling) if prompts else []
+        # Each rank samples its share of the prompts; per-sequence seeds make the result the same
+        # as one process sampling everything.
+        share = self.dist.share(len(prompts))
+        seeds = self.seeds("rollout", len(prompts))
+        mine = prompts[share]
+        rollouts = self.generator.generate([p[2] for p in mine], self.config.rollout.n, self.sampling,
+                                           seeds[share] if seeds is not None else None) if mine else []
         t1 = time.perf_counter()
         for r in rollouts:
-            example, messages, ids = prompts[r.prompt_index]
-            kept.append(Sample(example, r.prompt_index, messages, ids, r.response_ids, r.logprobs, r.finished))
-        texts = self.tokenizer.batch_decode([s.response_ids for s in kept], skip_special_tokens=True)
+            index = share.start + r.prompt_index
+            example, messages, ids = prompts[index]
+            kept.append(Sample(example, index, messages, ids, r.response_ids, r.logprobs, r.finished))
+        texts = self.tokenizer.batch_decode([s.response_ids for s in kept], skip_special_tokens=True) if kept else []
         feedbacks = self.env.score_batch(texts, [s.example for s in kept], [not s.finished for s in kept],
                                          workers=self.config.data.score_workers, timeout_s=self.config.data.score_timeout_s)
         for sample, text, fb in zip(kept, texts, feedbacks, strict=True):
             sample.text, sample.feedback = text, fb
+        if self.dist.enabled:
+            kept = [s for part in self.dist.all_gather(kept) for s in part]
         t2 = time.perf_counter()
         lengths = [len(s.response_ids) for s in kept] or [0]
         metrics = {
@@ -245,6 +292,26 @@ class Trainer:
         per_mini = (cfg.mini_batch_size or cfg.batch_size) * self.config.rollout.n
         return [samples[i : i + per_mini] for i in range(0, len(samples), per_mini)]
 
+    def _local_micro_batches(self, mini: list[Sample]) -> list[tuple[list[Sample], bool]]:
+        """This rank's micro-batches of a mini-batch as ``(samples, is_dummy)``.
+
+        In a single process: all samples that carry a loss. With several ranks each takes its
+        contiguous share, and ranks with fewer micro-batches run zero-weight dummies so that every
+        rank makes the same FSDP calls.
+        """
+        active = [s for s in mini[self.dist.share(len(mini))] if self.pg_weight > 0 or s.sd_mask]
+        micros = [(m, False) for m in self._micro_batches(active)]
+        if self.dist.enabled:
+            target = self.dist.all_reduce_max(len(micros))
+            micros += [([mini[0]], True)] * (target - len(micros))
+        return micros
+
+    def sync_rollout_weights(self) -> None:
+        """Give the (replica) rollout model the student's new weights."""
+        if self.generator.model is self.model:
+            return
+        load_full_state_dict(self.generator.model, full_state_dict(self.model, self.dist))
+
     def _micro_batches(self, samples: list[Sample]) -> list[list[Sample]]:
         budget = self.config.train.micro_batch_tokens
         batches: list[list[Sample]] = []
@@ -265,9 +332,12 @@ class Trainer:
     def _old_logprobs(self, samples: list[Sample]) -> None:
         """Log-probs of the policy before this step's updates (only needed off-policy)."""
         head = lm_head(self.model)
-        for micro in self._micro_batches(samples):
+        micros = self._local_micro_batches(samples)
+        for micro, dummy in micros:
             rows = pack_rows([s.prompt_ids for s in micro], [s.response_ids for s in micro], self.generator.pad_id)
             hidden = response_hidden(self.model, rows)
+            if dummy:
+                continue
             ids = torch.tensor([t for s in micro for t in s.response_ids])
             logp, _ = token_terms(logits_fn([(head, hidden, 1.0)], self.config.rollout.temperature), None, ids, None,
                                   self.config.train.loss_chunk_size, recompute=False)
@@ -275,6 +345,13 @@ class Trainer:
             for s in micro:
                 s.extra["old_logprobs"] = logp[start : start + len(s.response_ids)].clone()
                 start += len(s.response_ids)
+        reshard(self.model)
+        if self.dist.enabled:  # every rank needs the old log-probs of the samples it trains on
+            gathered = self.dist.all_gather({id_: s.extra.get("old_logprobs") for id_, s in enumerate(samples)
+                                             if "old_logprobs" in s.extra})
+            for part in gathered:
+                for index, value in part.items():
+                    samples[index].extra["old_logprobs"] = value
 
     def _micro_loss(self, micro: list[Sample], w_sd: list[torch.Tensor], w_pg: list[torch.Tensor], off_policy: bool):
         cfg = self.config
@@ -293,7 +370,10 @@ class Trainer:
         ids = torch.tensor([t for r in responses for t in r])
         logp, div = token_terms(student_fn, teacher_fn, ids, self.spec, cfg.train.loss_chunk_size)
 
-        old = torch.cat([s.extra["old_logprobs"] for s in micro]) if off_policy else logp.detach()
+        if off_policy:  # (a dummy micro-batch may lack them; its weights are zero)
+            old = torch.cat([s.extra.get("old_logprobs", torch.zeros(len(s.response_ids))) for s in micro])
+        else:
+            old = logp.detach()
         tis = torch.ones_like(logp)
         if cfg.train.rollout_is_threshold is not None and all(s.rollout_logprobs is not None for s in micro):
             rollout = torch.tensor([x for s in micro for x in s.rollout_logprobs])
@@ -336,16 +416,21 @@ class Trainer:
             wsd = token_weights(resp_mask * sd, seq_w, cfg.loss.aggregation)
             wpg = token_weights(resp_mask, None, cfg.loss.pg_aggregation, norm_length=cfg.rollout.max_new_tokens)
             index = {id(s): i for i, s in enumerate(mini)}
-            active = [s for s in mini if self.pg_weight > 0 or s.sd_mask]
-            for micro in self._micro_batches(active):
+            for micro, dummy in self._local_micro_batches(mini):
                 rows = [index[id(s)] for s in micro]
+                zero = [torch.zeros(lengths[r]) for r in rows]
                 loss, stats = self._micro_loss(
-                    micro, [wsd[r, : lengths[r]] for r in rows], [wpg[r, : lengths[r]] for r in rows], off_policy
+                    micro, zero if dummy else [wsd[r, : lengths[r]] for r in rows],
+                    zero if dummy else [wpg[r, : lengths[r]] for r in rows], off_policy
                 )
-                if loss.requires_grad:
-                    loss.backward()
-                for k, v in stats.items():
-                    totals[k] = totals.get(k, 0.0) + v
+                if self.teacher is not None and self.teacher.module is not None:
+                    reshard(self.teacher.module)
+                # the weights are normalized over the whole mini-batch and FSDP averages over
+                # ranks, so scaling by the world size makes the step the sum over all samples
+                (loss * self.dist.world).backward()
+                if not dummy:
+                    for k, v in stats.items():
+                        totals[k] = totals.get(k, 0.0) + v
             norm = self.optimizer.clip_and_check(cfg.train.grad_clip)
             grad_norms.append(norm)
             if math.isfinite(norm):
@@ -353,6 +438,7 @@ class Trainer:
                 self.scheduler.step()
                 if self.teacher is not None:
                     self.teacher.update(self.optimizer.master_state())
+                self.sync_rollout_weights()
                 self.nonfinite_in_a_row = 0
             else:
                 skipped += 1
@@ -363,6 +449,7 @@ class Trainer:
                         f"{self.nonfinite_in_a_row} optimizer steps in a row had non-finite gradients; stopping"
                     )
         self.optimizer.zero_grad()
+        totals = self.dist.all_reduce_sum(totals)
         n_mini = max(1, len(minis))
         metrics = {
             "actor/grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0,
@@ -456,7 +543,8 @@ class Trainer:
         """Run until the planned steps (or the data, for single-pass trainers) are done. Returns the run dir."""
         cfg = self.config
         previous = self._install_signal_handlers()
-        bar = tqdm(total=self.planned_steps(), initial=self.step, desc=cfg.name, disable=not cfg.logging.progress,
+        bar = tqdm(total=self.planned_steps(), initial=self.step, desc=cfg.name,
+                   disable=not (cfg.logging.progress and self.dist.is_main),
                    dynamic_ncols=True)
         try:
             if cfg.eval.before_train and self.step == 0:
@@ -492,21 +580,27 @@ class Trainer:
         cfg = self.config
         e = cfg.eval
         sampling = SamplingParams(e.temperature, e.top_p, 0, e.max_new_tokens or cfg.rollout.max_new_tokens)
-        result = evaluate(self.env, self.validation_rows(), self.generator, self.tokenizer, sampling, e.k,
-                          success_threshold=e.success_threshold, max_prompt_length=cfg.data.max_prompt_length,
-                          chat_template_kwargs=cfg.model.chat_template_kwargs)
-        result.write(self.run_dir / "eval", f"step-{self.step:06d}")
-        metrics = {f"val/{k}": v for k, v in result.summary.items()}
+        summary = None
+        if self.dist.is_main:  # the replica is local: rank 0 evaluates, the others wait
+            result = evaluate(self.env, self.validation_rows(), self.generator, self.tokenizer, sampling, e.k,
+                              success_threshold=e.success_threshold, max_prompt_length=cfg.data.max_prompt_length,
+                              chat_template_kwargs=cfg.model.chat_template_kwargs,
+                              seed=mix_seed(cfg.seed, self.step, "eval") if cfg.rollout.seeded else None)
+            result.write(self.run_dir / "eval", f"step-{self.step:06d}")
+            summary = result.summary
+        summary = self.dist.all_gather(summary)[0]
+        metrics = {f"val/{k}": v for k, v in summary.items()}
         metrics.update({"progress/rollouts": float(self.rollouts_seen), "progress/elapsed_s": self.elapsed})
         self.logger.log(self.step, metrics)
         name = e.best_metric if "@" in e.best_metric else f"{e.best_metric}@{e.k}"
-        if name not in result.summary:
-            raise KeyError(f"eval.best_metric {e.best_metric!r} is not a validation metric: {sorted(result.summary)}")
-        value = result.summary[name]
+        if name not in summary:
+            raise KeyError(f"eval.best_metric {e.best_metric!r} is not a validation metric: {sorted(summary)}")
+        value = summary[name]
         if self.best is None or value > self.best["value"]:
             self.best = {"step": self.step, "metric": name, "value": value}
             self.save()
-            (self.run_dir / "best.json").write_text(json.dumps(self.best, indent=1), encoding="utf-8")
+            if self.dist.is_main:
+                (self.run_dir / "best.json").write_text(json.dumps(self.best, indent=1), encoding="utf-8")
         return metrics
 
     # ------------------------------------------------------------------ checkpoints
@@ -514,39 +608,63 @@ class Trainer:
     def checkpoint_root(self) -> Path:
         return self.run_dir / "checkpoints"
 
-    def save(self) -> Path:
-        tensors = {"student": {n: p.detach() for n, p in self.model.named_parameters()}}
+    def save(self) -> Path | None:
+        """Write a checkpoint (rank 0 writes; every rank takes part in gathering the shards)."""
+        student = full_state_dict(self.model, self.dist)
+        tensors = {"student": student}
         if self.teacher is not None and self.teacher.module is not None:
-            tensors["teacher"] = self.teacher.state_dict()
-        objects = {"optimizer": {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
-                   "rng": rng_state()}
-        state = {
-            "step": self.step,
-            "best": self.best,
-            "rollouts_seen": self.rollouts_seen,
-            "elapsed": self.elapsed,
-            "nonfinite_in_a_row": self.nonfinite_in_a_row,
-            "data": self.data.state_dict(),
-            "extra": self.extra_state(),
-        }
-        protect = frozenset({self.best["step"]}) if self.best else frozenset()
-        return save_checkpoint(self.checkpoint_root, self.step, tensors, objects, state, self.config.logging.keep_last,
-                               protect)
+            tensors["teacher"] = full_state_dict(self.teacher.module, self.dist) if self.dist.enabled else self.teacher.state_dict()
+        if self.dist.enabled:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            optimizer_state = {"optimizer": get_optimizer_state_dict(self.model, self.optimizer.optimizer, options=options)}
+        else:
+            optimizer_state = self.optimizer.state_dict()
+        path = None
+        if self.dist.is_main:
+            objects = {"optimizer": {"optimizer": optimizer_state, "scheduler": self.scheduler.state_dict()},
+                       "rng": rng_state()}
+            state = {
+                "step": self.step,
+                "best": self.best,
+                "rollouts_seen": self.rollouts_seen,
+                "elapsed": self.elapsed,
+                "nonfinite_in_a_row": self.nonfinite_in_a_row,
+                "data": self.data.state_dict(),
+                "extra": self.extra_state(),
+                "world_size": self.dist.world,
+            }
+            protect = frozenset({self.best["step"]}) if self.best else frozenset()
+            path = save_checkpoint(self.checkpoint_root, self.step, tensors, objects, state, self.config.logging.keep_last,
+                                   protect)
+        self.dist.barrier()
+        return path
 
     @torch.no_grad()
     def resume(self, path: str | Path | None = None) -> bool:
         """Load the given checkpoint, or the newest valid one of this run. Returns False if none exists."""
-        path = Path(path) if path is not None else latest_valid(self.checkpoint_root)
+        if path is None:
+            found = latest_valid(self.checkpoint_root) if self.dist.is_main else None
+            path = self.dist.all_gather(str(found) if found else None)[0]
+        path = Path(path) if path is not None else None
         if path is None:
             self.logger.truncate_after(0)  # killed before the first checkpoint: start over cleanly
             return False
         tensors, objects, state = load_checkpoint(path)
-        params = dict(self.model.named_parameters())
-        for name, value in tensors["student"].items():
-            params[name].copy_(value)
+        load_full_state_dict(self.model, tensors["student"])
         if self.teacher is not None and "teacher" in tensors:
-            self.teacher.load_state_dict(tensors["teacher"])
-        self.optimizer.load_state_dict(objects["optimizer"]["optimizer"])
+            if self.dist.enabled:
+                load_full_state_dict(self.teacher.module, tensors["teacher"])
+            else:
+                self.teacher.load_state_dict(tensors["teacher"])
+        if self.dist.enabled:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(self.model, self.optimizer.optimizer, objects["optimizer"]["optimizer"]["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True))
+        else:
+            self.optimizer.load_state_dict(objects["optimizer"]["optimizer"])
         self.scheduler.load_state_dict(objects["optimizer"]["scheduler"])
         set_rng_state(objects["rng"])
         self.step = int(state["step"])
@@ -556,6 +674,7 @@ class Trainer:
         self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
         self.data.load_state_dict(state["data"])
         self.load_extra_state(state.get("extra", {}))
+        self.sync_rollout_weights()
         self.logger.truncate_after(self.step)
         log.info("resumed from %s at step %d", path, self.step)
         return True

@@ -1,0 +1,50 @@
+"""Deterministic stand-ins for the reflector/curator used by tests that run in subprocesses.
+
+The outputs depend only on the conversation text, so a run gives the same playbook whether one
+process or several generate them (``resd.reflector.backend=callable``).
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+from resd.envs import register
+from resd.envs.base import Environment, Feedback
+
+
+def scripted(_config):
+    def generate(conversations):
+        out = []
+        for messages in conversations:
+            text = messages[-1]["content"]
+            tag = zlib.crc32(text.encode()) % 1000
+            if "curator" in text:
+                out.append(json.dumps({"reasoning": "r", "operations": [
+                    {"type": "ADD", "section": "common_mistakes_to_avoid", "content": f"lesson {tag}"}]}))
+            elif "answered correctly" in text:
+                out.append(json.dumps({"reasoning": "ok", "bullet_tags": [{"id": "err-00001", "tag": "helpful"}]}))
+            else:
+                out.append(json.dumps({"reasoning": "why", "key_insight": f"insight {tag}",
+                                       "bullet_tags": [{"id": "err-00001", "tag": "harmful"}]}))
+        return out
+
+    return generate
+
+
+@register("parity-plugin")
+class ParityEnv(Environment):
+    """Success iff the response has an even number of characters."""
+
+    task_description = "writing even-length answers"
+
+    def load_split(self, split, path=None, limit=None):
+        rows = [{"id": f"{split}-{i}", "question": f"Say something about {i}."} for i in range(16)]
+        return rows[:limit] if limit else rows
+
+    def prompt_messages(self, example):
+        return [{"role": "user", "content": example["question"]}]
+
+    def score(self, response, example, *, truncated=False):
+        ok = len(response) % 2 == 0
+        return Feedback(float(ok), float(ok), "" if ok else f"odd length {len(response)}")

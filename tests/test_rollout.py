@@ -1,0 +1,57 @@
+"""Rollout backends: seeded sampling is batch-independent and samples the right distribution."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+import torch
+
+from resd.models import build_tiny_model, chat_prompt_ids
+from resd.rollout import HFGenerator, SamplingParams
+from resd.rollout.base import mix_seed
+from resd.rollout.hf import _SeededSampler
+
+
+def test_mix_seed_is_stable_and_spreads():
+    assert mix_seed(1, "a", 2) == mix_seed(1, "a", 2)
+    assert len({mix_seed(0, i) for i in range(1000)}) == 1000
+    assert 0 <= mix_seed("x") < 2**63
+
+
+@pytest.mark.parametrize("temperature,top_p,top_k", [(1.0, 1.0, 0), (0.7, 1.0, 0), (1.0, 0.8, 0), (1.0, 1.0, 2)])
+def test_seeded_sampler_draws_from_the_warped_distribution(temperature, top_p, top_k):
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0]])
+    sampling = SamplingParams(temperature, top_p, top_k, 1)
+    probs = torch.softmax(logits[0] / temperature, -1)
+    if top_k:
+        probs[probs.argsort(descending=True)[top_k:]] = 0
+    if top_p < 1:
+        order = probs.argsort(descending=True)
+        cum = probs[order].cumsum(0) - probs[order]
+        probs[order[cum > top_p]] = 0
+    probs = probs / probs.sum()
+    draws = 6000
+    counts = collections.Counter(
+        int(_SeededSampler([seed], 3, sampling)(torch.zeros(1, 3, dtype=torch.long), logits.clone()).argmax())
+        for seed in range(draws)
+    )
+    for token in range(5):
+        expected = float(probs[token])
+        got = counts[token] / draws
+        assert abs(got - expected) < 4 * (expected * (1 - expected) / draws) ** 0.5 + 1e-9, (token, got, expected)
+
+
+def test_seeded_generation_does_not_depend_on_batching(tokenizer):
+    model = build_tiny_model(len(tokenizer), seed=3)
+    prompts = [chat_prompt_ids(tokenizer, [{"role": "user", "content": q}])[0] for q in ("a", "bb b", "c c c c")]
+    sampling = SamplingParams(1.0, 0.9, 0, 12)
+    seeds = [11, 22, 33]
+    together = HFGenerator(model, tokenizer, batch_size=16).generate(prompts, 2, sampling, seeds)
+    apart = [r for i in range(3) for r in HFGenerator(model, tokenizer, batch_size=1).generate([prompts[i]], 2, sampling, [seeds[i]])]
+    assert [r.response_ids for r in together] == [r.response_ids for r in apart]
+    assert together[0].response_ids != together[1].response_ids  # the n samples of a prompt differ
+    again = HFGenerator(model, tokenizer, batch_size=4).generate(prompts, 2, sampling, seeds)
+    assert [r.response_ids for r in again] == [r.response_ids for r in together]
+    for a, b in zip(together, apart, strict=True):
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4, rtol=1e-4)
