@@ -324,7 +324,10 @@ def _bwrap_fs_args(python: str, host_dir: str, files: Sequence[str], tmpfs_bytes
             fs += ["--symlink", os.readlink(d), d]
         elif os.path.isdir(d):
             fs += ["--ro-bind", d, d]
-    made: set[str] = set()
+    # The private /tmp comes first: a Python installation that lives under the host's /tmp (a
+    # virtualenv in a temporary checkout) is then bound on top of it instead of being hidden by it.
+    fs += ["--perms", "1777", "--size", str(tmpfs_bytes), "--tmpfs", "/tmp"]
+    made: set[str] = {"/tmp"}
     for root in _python_roots(python):
         # bwrap would create the missing parents with mode 0700, unreadable to the sandbox's uid
         parts = root.strip("/").split("/")[:-1]
@@ -339,7 +342,6 @@ def _bwrap_fs_args(python: str, host_dir: str, files: Sequence[str], tmpfs_bytes
         fs += ["--ro-bind", python, python]
     fs += ["--ro-bind-try", "/sys/devices/system/cpu", "/sys/devices/system/cpu"]
     fs += ["--dev", "/dev", "--proc", "/proc"]
-    fs += ["--perms", "1777", "--size", str(tmpfs_bytes), "--tmpfs", "/tmp"]
     fs += ["--perms", "0777", "--dir", _WORKDIR]
     for f in files:
         fs += ["--ro-bind", os.path.join(host_dir, f), f"{_WORKDIR}/{f}"]

@@ -69,3 +69,18 @@ def test_validation_during_training_writes_files_and_keeps_the_best(tiny_config)
     assert (run / "checkpoints" / f"step-{best['step']:06d}").is_dir()  # protected from keep_last pruning
     val_lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"val/' in x]
     assert len(val_lines) == 2
+
+
+def test_eval_cli_on_manufactoria_and_arithmetic_writes_the_expected_files(tmp_path, capsys):
+    from resd.cli import main
+
+    for env in ("manufactoria", "arithmetic"):
+        out = tmp_path / env
+        overrides = [f"data.env={env}", "data.env_kwargs={}", "rollout.max_new_tokens=8", "logging.progress=false"]
+        assert main(["eval", "--preset", "smoke", "--split", "test", "--limit", "2", "--k", "2", "--out", str(out),
+                     *overrides]) == 0
+        summary = json.loads((out / f"{env}-test_summary.json").read_text())
+        samples = [json.loads(x) for x in (out / f"{env}-test_samples.jsonl").read_text().splitlines()]
+        assert summary["prompts"] == 2 and len(samples) == 4
+        assert all(s["feedback"] for s in samples)  # random text fails, and every failure is explained
+    assert "pass@2" in capsys.readouterr().out
