@@ -84,7 +84,7 @@ def divergence(s: torch.Tensor, t: torch.Tensor, alpha: float) -> torch.Tensor:
     return (1 - alpha) * kl_s + alpha * kl_t
 
 
-TeacherSide = Callable[[torch.Tensor | None], tuple[torch.Tensor | None, torch.Tensor]]
+TeacherSide = Callable[[Callable[[], torch.Tensor | None]], tuple[torch.Tensor | None, torch.Tensor]]
 
 
 def _chunk_terms(
@@ -92,9 +92,10 @@ def _chunk_terms(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(log p(y_t), per-token divergence) for one chunk of rows. Divergence is zeros without a teacher.
 
-    ``teacher(student_topk_ids)`` returns ``(ids, teacher_values)``: the bin ids to use (possibly
-    cached from an earlier pass over the same rows) and the teacher's log-probabilities over those
-    bins (or of the sampled tokens for the sampled-token estimator).
+    ``teacher(student_topk)`` returns ``(ids, teacher_values)``: the bin ids to use and the teacher's
+    log-probabilities over them (or of the sampled tokens for the sampled-token estimator). It calls
+    ``student_topk()`` only on the first pass over the rows; the recompute in backward reuses the
+    cached ids, so the student's top-k runs once per chunk.
     """
     s_logits = student_logits.float()
     s_lse = torch.logsumexp(s_logits, dim=-1, keepdim=True)
@@ -102,11 +103,13 @@ def _chunk_terms(
     if teacher is None or spec is None:
         return logp, torch.zeros_like(logp)
     if not spec.full_logit:
-        _, t_logp = teacher(None)
+        _, t_logp = teacher(lambda: None)
         t_logp = _clip_teacher(logp, t_logp, spec)
         return logp, (logp - t_logp).detach() * logp
-    idx = None if spec.topk is None else s_logits.detach().topk(min(spec.topk, s_logits.shape[-1]), dim=-1).indices
-    idx, t = teacher(idx)
+    def student_topk() -> torch.Tensor | None:  # only run when the teacher's side is not cached yet
+        return None if spec.topk is None else s_logits.detach().topk(min(spec.topk, s_logits.shape[-1]), dim=-1).indices
+
+    idx, t = teacher(student_topk)
     s = _to_bins(s_logits, s_lse, idx, spec)
     return logp, divergence(s, _clip_teacher(s, t, spec), spec.alpha)
 
@@ -134,9 +137,10 @@ def token_terms(
     keep = spec is not None and (spec.topk is not None or not spec.full_logit)
 
     def teacher_side(rows: slice) -> TeacherSide:
-        def get(idx: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        def get(student_topk: Callable[[], torch.Tensor | None]) -> tuple[torch.Tensor | None, torch.Tensor]:
             if rows.start in cache:
                 return cache[rows.start]
+            idx = student_topk()
             with torch.no_grad():
                 t_logits = teacher_logits_fn(rows).float()
                 t_lse = torch.logsumexp(t_logits, dim=-1, keepdim=True)
