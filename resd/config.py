@@ -26,6 +26,17 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class LoraSection(Section):
+    """LoRA through PEFT (``pip install 'resd[peft]'``): only the adapter trains; the teacher is the
+    base model (``teacher.kind=frozen``) or a second adapter following the student's by EMA."""
+
+    enabled: bool = False
+    r: int = Field(16, ge=1)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: str | list[str] = Field("all-linear", description="PEFT target modules")
+
+
 class ModelConfig(Section):
     name: str = Field("embedded", description="'embedded' (default Qwen2.5-Coder-0.5B-Instruct), 'tiny', an HF id or a path")
     tokenizer: str | None = Field(None, description="tokenizer name/path; defaults to the model's")
@@ -33,6 +44,7 @@ class ModelConfig(Section):
     gradient_checkpointing: bool = False
     tiny: dict[str, Any] = Field(default_factory=dict, description="size of the 'tiny' random model")
     chat_template_kwargs: dict[str, Any] = Field(default_factory=dict, description="e.g. {enable_thinking: false}")
+    lora: LoraSection = Field(default_factory=LoraSection)
 
 
 class DataConfig(Section):
@@ -124,6 +136,8 @@ class EvalConfig(Section):
     """Validation during training and the defaults of ``resd eval`` (RESD.md §4: n=4, T=0.6, top_p=0.95)."""
 
     every_steps: int = Field(0, ge=0, description="validate every N training steps (0: never; stream: see stream.val_every_batches)")
+    every_rollouts: int = Field(0, ge=0, description="validate each time the rollout count passes a multiple of N (0: never)")
+    save_best: bool = Field(True, description="checkpoint when the best validation metric improves")
     before_train: bool = False
     k: int = Field(4, ge=1, description="samples per prompt")
     temperature: float = Field(0.6, gt=0)
@@ -189,6 +203,7 @@ class LoggingConfig(Section):
     run_dir: str | None = Field(None, description="default: runs/<name>-<timestamp>")
     log_every: int = Field(1, ge=1)
     save_every: int = Field(0, ge=0, description="checkpoint every N steps (0: only at the end)")
+    save_final: bool = Field(True, description="checkpoint when training ends (off for throw-away benchmark runs)")
     keep_last: int = Field(2, ge=1)
     progress: bool = True
     wandb: bool = False

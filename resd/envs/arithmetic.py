@@ -19,6 +19,15 @@ _NUMBER = re.compile(r"-?\d[\d,]*")
 _OPS = {"add": ("+", lambda a, b: a + b), "sub": ("-", lambda a, b: a - b), "mul": ("*", lambda a, b: a * b)}
 
 
+# "answer" asks for the number alone (no room to compute); "work" lets the model write its steps,
+# which is what a worked-solution teacher can teach (the demo collapsed onto the format example of
+# "answer" when distilled from an answer-revealing teacher, see BENCHMARKS.md).
+INSTRUCTIONS = {
+    "answer": "Put only the final number inside <answer></answer> tags, for example <answer>123</answer>.",
+    "work": "Work it out step by step in a few short lines, then put the final number inside <answer></answer> tags.",
+}
+
+
 def extract_answer(text: str) -> str | None:
     """The content of the last ``<answer>`` tag, else the last integer in the text, else None."""
     if not isinstance(text, str):
@@ -63,6 +72,8 @@ class ArithmeticEnv(Environment):
         n_train / n_test: problems per split.
         seed: generator seed (the test split uses a disjoint set of problems).
         feedback: ``answer`` (state the correct answer), ``worked`` (a worked solution) or ``none``.
+        instruction: ``answer`` (give only the final number, the default) or ``work`` (work it out
+            briefly first); see :data:`INSTRUCTIONS`.
     """
 
     task_description = "solving arithmetic problems"
@@ -75,12 +86,16 @@ class ArithmeticEnv(Environment):
         n_test: int = 64,
         seed: int = 0,
         feedback: str = "answer",
+        instruction: str = "answer",
     ) -> None:
         if op not in _OPS:
             raise ValueError(f"op must be one of {sorted(_OPS)}, got {op!r}")
         if feedback not in ("answer", "worked", "none"):
             raise ValueError(f"feedback must be answer, worked or none, got {feedback!r}")
+        if instruction not in INSTRUCTIONS:
+            raise ValueError(f"instruction must be one of {sorted(INSTRUCTIONS)}, got {instruction!r}")
         self.op, self.digits, self.seed, self.feedback_mode = op, tuple(digits), seed, feedback
+        self.instruction = INSTRUCTIONS[instruction]
         self.sizes = {"train": n_train, "test": n_test}
 
     def _problems(self) -> list[tuple[int, int]]:
@@ -129,8 +144,7 @@ class ArithmeticEnv(Environment):
         return [
             {
                 "role": "user",
-                "content": f"{question} Put only the final number inside <answer></answer> tags, "
-                "for example <answer>123</answer>.",
+                "content": f"{question} {self.instruction}",
             }
         ]
 

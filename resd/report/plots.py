@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 import warnings
+from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -178,3 +179,36 @@ def metric_sort_key(key: str) -> tuple[int, int, str]:
 def val_metric_order(keys: set[str]) -> list[str]:
     """The ``val/`` metrics among ``keys`` (bookkeeping counts left out) in :func:`metric_sort_key` order."""
     return sorted((k for k in keys if k.startswith("val/") and k not in VAL_SKIP), key=metric_sort_key)
+
+
+def seed_band_png(groups: dict[str, tuple[Any, Any]], x_label: str, title: str, dpi: int = 100) -> bytes:
+    """Mean curve per group with its min-max band over seeds.
+
+    ``groups`` maps a label to ``(xs, values)``: ``xs`` is one x array shared by all seeds (shape
+    [points]) or one per seed ([seeds, points]); ``values`` is [seeds, points]. Per-seed x arrays
+    (e.g. wall-clock) are averaged for the mean line, and each seed is also drawn faintly.
+    """
+    import numpy as np
+
+    fig = Figure(figsize=(5.6, 3.4), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for index, (label, (xs, values)) in enumerate(groups.items()):
+        values = np.atleast_2d(np.asarray(values, dtype=float))
+        xs = np.asarray(xs, dtype=float)
+        x_mean = xs.mean(axis=0) if xs.ndim == 2 else xs
+        color = run_color(index)
+        ax.plot(x_mean, values.mean(axis=0), color=color, marker="o", markersize=3,
+                label=f"{_plain(label)} (n={len(values)})")
+        ax.fill_between(x_mean, values.min(axis=0), values.max(axis=0), color=color, alpha=0.15, linewidth=0)
+        if xs.ndim == 2:
+            for seed_x, seed_y in zip(xs, values, strict=True):
+                ax.plot(seed_x, seed_y, color=color, alpha=0.25, linewidth=0.8)
+    ax.set_xlabel(x_label)
+    ax.set_title(_plain(title), fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()

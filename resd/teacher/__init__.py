@@ -7,14 +7,21 @@
 - ``trust-region``: the frozen initial model and the live student run on the teacher input and
   their logits are mixed, ``(1 - tau) l_ref + tau l_student``.
 
+With a LoRA student (``lora=True``) no copy of the model is made: ``frozen`` is the base model
+with the adapter off, ``ema`` is a second adapter that follows the student's adapter, and the
+trust-region reference is the adapter-free base model (see :mod:`resd.models.lora`).
+
 The teacher's weights are part of every checkpoint (the reference implementation loses them).
 """
 
 from __future__ import annotations
 
 import copy
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
+
+from resd.models import lora as lora_lib
 
 KINDS = ("ema", "frozen", "live", "trust-region")
 
@@ -22,7 +29,8 @@ KINDS = ("ema", "frozen", "live", "trust-region")
 class Teacher:
     """Holds the teacher weights and applies the update rule of its kind."""
 
-    def __init__(self, student: torch.nn.Module, kind: str = "ema", update_rate: float = 0.05) -> None:
+    def __init__(self, student: torch.nn.Module, kind: str = "ema", update_rate: float = 0.05, *,
+                 lora: bool = False) -> None:
         if kind not in KINDS:
             raise ValueError(f"teacher kind must be one of {KINDS}, got {kind!r}")
         if not 0.0 <= update_rate <= 1.0:
@@ -32,7 +40,13 @@ class Teacher:
         self.student = student
         self.module: torch.nn.Module | None = None
         self.shadow: dict[str, torch.Tensor] = {}
-        if kind != "live":
+        self.lora = lora
+        self.adapter: dict[str, torch.nn.Parameter] = {}  # LoRA ema: the teacher adapter's parameters
+        if lora:
+            if kind == "ema":
+                self.adapter = lora_lib.add_teacher_adapter(student)
+                self.shadow = {n: p.detach().float().clone() for n, p in self.adapter.items() if p.dtype != torch.float32}
+        elif kind != "live":
             self.module = copy.deepcopy(student)
             self.module.requires_grad_(False)
             self.module.eval()
@@ -43,9 +57,24 @@ class Teacher:
                 if kind == "ema" and p.dtype != torch.float32
             }
 
+    def passes(self) -> list[tuple[torch.nn.Module, float, AbstractContextManager]]:
+        """(module, logit weight, context to run its forward in) whose logits are mixed to form the
+        teacher's logits; the context selects the LoRA adapter where there is one."""
+        if not self.lora:
+            return [(m, w, nullcontext()) for m, w in self.models]
+        base = (self.student, 1.0 - self.rate if self.kind == "trust-region" else 1.0,
+                lora_lib.active_adapter(self.student, None))
+        if self.kind == "live":
+            return [(self.student, 1.0, nullcontext())]
+        if self.kind == "frozen":
+            return [base]
+        if self.kind == "trust-region":
+            return [base, (self.student, self.rate, nullcontext())]
+        return [(self.student, 1.0, lora_lib.active_adapter(self.student, lora_lib.TEACHER_ADAPTER))]
+
     @property
     def models(self) -> list[tuple[torch.nn.Module, float]]:
-        """(module, logit weight) pairs whose logits are mixed to form the teacher's logits."""
+        """(module, logit weight) pairs whose logits are mixed to form the teacher's logits (without LoRA)."""
         if self.kind == "live":
             return [(self.student, 1.0)]
         if self.kind == "trust-region":
@@ -59,25 +88,31 @@ class Teacher:
             return
         if source is None:
             source = dict(self.student.named_parameters())
-        for name, param in self.module.named_parameters():
+        for name, param in self._teacher_parameters():
             target = self.shadow.get(name, param)
+            if self.lora:
+                name = lora_lib.counterpart(name, lora_lib.TEACHER_ADAPTER, lora_lib.STUDENT_ADAPTER)
             target.mul_(1.0 - self.rate).add_(source[name].detach().to(target.dtype), alpha=self.rate)
             if target is not param:
                 param.copy_(target)
 
+    def _teacher_parameters(self):
+        return self.adapter.items() if self.lora else self.module.named_parameters()
+
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Weights to checkpoint (float32 shadows where they exist). Empty for ``live``."""
-        if self.module is None:
+        """Weights to checkpoint (float32 shadows where they exist). Empty for ``live`` and for the
+        LoRA ``frozen`` teacher (the base weights are the student's)."""
+        if self.module is None and not self.adapter:
             return {}
-        state = {n: p.detach().clone() for n, p in self.module.named_parameters()}
+        state = {n: p.detach().clone() for n, p in self._teacher_parameters()}
         state.update({n: t.clone() for n, t in self.shadow.items()})
         return state
 
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        if self.module is None:
+        if self.module is None and not self.adapter:
             return
-        for name, param in self.module.named_parameters():
+        for name, param in self._teacher_parameters():
             if name not in state:
                 raise KeyError(f"teacher checkpoint lacks {name}")
             if name in self.shadow:

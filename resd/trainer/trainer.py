@@ -38,6 +38,7 @@ from resd.distributed import full_state_dict, init_distributed, load_full_state_
 from resd.envs.base import Feedback
 from resd.losses import DistillationSpec, group_advantages, is_ratio, ppo_clip_token_loss, token_terms, token_weights
 from resd.models import DTYPES, chat_prompt_ids, load_model, load_tokenizer
+from resd.models.lora import apply_lora, load_adapters
 from resd.rollout import HFGenerator, SamplingParams
 from resd.rollout.base import mix_seed
 from resd.teacher import Teacher
@@ -115,6 +116,12 @@ class Trainer:
         self.model = model or load_model(cfg.model.name, load_precision, self.tokenizer, tiny=cfg.model.tiny)
         if cfg.model.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.lora = cfg.model.lora.enabled
+        if self.lora:
+            if self.dist.enabled:
+                raise ValueError("model.lora is not supported with several processes yet (train LoRA on one process)")
+            lc = cfg.model.lora
+            self.model = apply_lora(self.model, lc.r, lc.alpha, lc.dropout, lc.target_modules)
         self.model.train()
         self.env = env or envs.load(cfg.data.env, **cfg.data.env_kwargs)
         if train_rows is None:
@@ -123,7 +130,8 @@ class Trainer:
 
         self.uses_teacher = cfg.algorithm != "grpo" and cfg.loss.pg_weight < 1.0
         self.pg_weight = 1.0 if cfg.algorithm == "grpo" else cfg.loss.pg_weight
-        self.teacher = Teacher(self.model, cfg.teacher.kind, cfg.teacher.update_rate) if self.uses_teacher else None
+        self.teacher = (Teacher(self.model, cfg.teacher.kind, cfg.teacher.update_rate, lora=self.lora)
+                        if self.uses_teacher else None)
         rollout_model = self.model
         if self.dist.enabled:
             if self.teacher is not None and cfg.teacher.kind not in ("ema", "frozen"):
@@ -163,6 +171,7 @@ class Trainer:
         self.best: dict[str, Any] | None = None  # {"step", "metric", "value"} of the best validation
         self._val_rows: list[dict[str, Any]] | None = None
         self.rollouts_seen = 0
+        self._last_val_rollouts = 0
         self.nonfinite_in_a_row = 0
         self.elapsed = 0.0
         self.stop_requested = False
@@ -365,7 +374,10 @@ class Trainer:
         if self.pg_weight < 1.0:
             with torch.no_grad():
                 trows: PackedRows = pack_rows([s.teacher_ids for s in micro], responses, pad)
-                pairs = [(lm_head(m), response_hidden(m, trows), w) for m, w in self.teacher.models]
+                pairs = []
+                for m, w, adapter in self.teacher.passes():
+                    with adapter:
+                        pairs.append((lm_head(m), response_hidden(m, trows), w))
             teacher_fn = logits_fn(pairs, temperature)
         ids = torch.tensor([t for r in responses for t in r])
         logp, div = token_terms(student_fn, teacher_fn, ids, self.spec, cfg.train.loss_chunk_size)
@@ -533,7 +545,12 @@ class Trainer:
     def after_step(self) -> None:
         """Periodic validation and checkpoints after a step."""
         every = self.config.eval.every_steps
+        validated = False
         if every and self.step % every == 0 and not self.config.uses_stream:
+            self.validate()
+            validated = True
+        every = self.config.eval.every_rollouts
+        if every and self.rollouts_seen // every > self._last_val_rollouts // every and not validated:
             self.validate()
         every = self.config.logging.save_every
         if every and self.step % every == 0:
@@ -557,7 +574,8 @@ class Trainer:
                 loss = metrics.get("loss/distill", metrics.get("loss/pg", 0.0))
                 bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", loss=f"{loss:.4f}")
                 self.after_step()
-            self.save()
+            if cfg.logging.save_final:
+                self.save()
         finally:
             bar.close()
             for sig, handler in previous.items():
@@ -592,13 +610,15 @@ class Trainer:
         metrics = {f"val/{k}": v for k, v in summary.items()}
         metrics.update({"progress/rollouts": float(self.rollouts_seen), "progress/elapsed_s": self.elapsed})
         self.logger.log(self.step, metrics)
+        self._last_val_rollouts = self.rollouts_seen
         name = e.best_metric if "@" in e.best_metric else f"{e.best_metric}@{e.k}"
         if name not in summary:
             raise KeyError(f"eval.best_metric {e.best_metric!r} is not a validation metric: {sorted(summary)}")
         value = summary[name]
         if self.best is None or value > self.best["value"]:
             self.best = {"step": self.step, "metric": name, "value": value}
-            self.save()
+            if e.save_best:
+                self.save()
             if self.dist.is_main:
                 (self.run_dir / "best.json").write_text(json.dumps(self.best, indent=1), encoding="utf-8")
         return metrics
@@ -611,8 +631,10 @@ class Trainer:
     def save(self) -> Path | None:
         """Write a checkpoint (rank 0 writes; every rank takes part in gathering the shards)."""
         student = full_state_dict(self.model, self.dist)
+        if self.lora:  # the frozen base weights come from model.name; keep the adapters only
+            student = {n: t for n, t in student.items() if "lora_" in n}
         tensors = {"student": student}
-        if self.teacher is not None and self.teacher.module is not None:
+        if self.teacher is not None and (self.teacher.module is not None or self.teacher.adapter):
             tensors["teacher"] = full_state_dict(self.teacher.module, self.dist) if self.dist.enabled else self.teacher.state_dict()
         if self.dist.enabled:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
@@ -652,7 +674,10 @@ class Trainer:
             self.logger.truncate_after(0)  # killed before the first checkpoint: start over cleanly
             return False
         tensors, objects, state = load_checkpoint(path)
-        load_full_state_dict(self.model, tensors["student"])
+        if self.lora:
+            load_adapters(self.model, tensors["student"])
+        else:
+            load_full_state_dict(self.model, tensors["student"])
         if self.teacher is not None and "teacher" in tensors:
             if self.dist.enabled:
                 load_full_state_dict(self.teacher.module, tensors["teacher"])
@@ -670,6 +695,7 @@ class Trainer:
         self.step = int(state["step"])
         self.best = state.get("best")
         self.rollouts_seen = int(state["rollouts_seen"])
+        self._last_val_rollouts = self.rollouts_seen
         self.elapsed = float(state["elapsed"])
         self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
         self.data.load_state_dict(state["data"])

@@ -1,0 +1,221 @@
+"""Learning-efficacy benchmark: GRPO (n=8), SDPO, SDPO+ss and RESD (n=1) at the same rollout budget.
+
+Each (task, method, seed) is one ``resd train`` run in its own process (so memory is returned
+between runs); its held-out accuracy at fixed rollout counts is copied into a small JSON file in
+``benchmarks/efficacy/results/<task>/``. Finished runs are skipped, so the benchmark can be run task
+by task, stopped and continued. ``--summarize`` turns the JSON files into ``summary.csv``,
+``summary.md`` and curves (mean over seeds with the min-max band).
+
+    python benchmarks/efficacy/run.py --task arithmetic            # 4 methods x 3 seeds
+    python benchmarks/efficacy/run.py --task manufactoria --methods resd --seeds 0
+    python benchmarks/efficacy/run.py --summarize
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+HERE = Path(__file__).resolve().parent
+CONFIGS = HERE / "configs"
+RESULTS = HERE / "results"
+METHODS = ("grpo", "sdpo", "sdpo-ss", "resd")
+ACC_KEY = "val/acc/mean@{k}"
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def run_config(task: str, method: str, budget: int | None) -> tuple[dict[str, Any], int]:
+    """The merged config of one run and its rollout budget (outer batches are sized to hit it exactly)."""
+    config = yaml.safe_load((CONFIGS / f"{task}.yaml").read_text())
+    methods = yaml.safe_load((CONFIGS / "methods.yaml").read_text())
+    budget = budget or int(config.pop("budget_rollouts"))
+    config.pop("budget_rollouts", None)
+    config = deep_merge(config, methods[method])
+    config = deep_merge(config, methods.get(f"{method}@{task}", {}))  # task-specific method settings
+    per_batch = config["train"]["batch_size"] * config["rollout"]["n"] * config["stream"]["inner_steps"]
+    if budget % per_batch:
+        raise SystemExit(f"{task}/{method}: budget {budget} is not a multiple of {per_batch} rollouts per outer batch")
+    config["stream"]["num_batches"] = budget // per_batch
+    config["name"] = f"efficacy-{task}-{method}"
+    return config, budget
+
+
+def extract(run_dir: Path, k: int) -> dict[str, Any]:
+    """Held-out accuracy points and training statistics from a finished run's metrics.jsonl."""
+    points, train = [], []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if ACC_KEY.format(k=k) in row:
+            points.append({"rollouts": int(row["progress/rollouts"]), "elapsed_s": round(row["progress/elapsed_s"], 1),
+                           "acc_mean": row[ACC_KEY.format(k=k)], "acc_best": row.get(f"val/acc/best@{k}"),
+                           "response_length": row.get("val/response_length/mean")})
+        elif "reward/mean" in row:
+            train.append({key: row.get(key) for key in ("step", "progress/rollouts", "reward/mean", "loss/distill", "loss/pg",
+                                                        "actor/grad_norm", "playbook/size", "time/step_s")})
+    return {"points": points, "train": train}
+
+
+def run_one(task: str, method: str, seed: int, budget: int | None, runs_root: Path, overrides: list[str]) -> Path:
+    out = RESULTS / task / f"{method}-seed{seed}.json"
+    if out.exists():
+        print(f"skip {task}/{method}/seed {seed}: {out.relative_to(HERE.parent.parent)} exists", flush=True)
+        return out
+    config, budget = run_config(task, method, budget)
+    run_dir = runs_root / task / f"{method}-seed{seed}"
+    if run_dir.exists():  # an unfinished attempt (benchmark runs keep no checkpoints): start over
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    config_path = run_dir.parent / f"{method}-seed{seed}.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    command = [sys.executable, "-m", "resd.cli", "train", "--config", str(config_path), f"seed={seed}",
+               f"logging.run_dir={run_dir}", *overrides]
+    print(f"run {task}/{method}/seed {seed}: {' '.join(command[2:])}", flush=True)
+    started = time.time()
+    with (run_dir.parent / f"{method}-seed{seed}.log").open("w") as log:
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+    wall = time.time() - started
+    if code != 0:
+        raise SystemExit(f"{task}/{method}/seed {seed} failed with exit code {code}; see {log.name}")
+    k = config["eval"]["k"]
+    result = {"task": task, "method": method, "seed": seed, "budget_rollouts": budget, "wall_s": round(wall, 1),
+              "eval_k": k, "overrides": overrides, "config": config, **extract(run_dir, k)}
+    playbook = sorted((run_dir / "playbook").glob("step-*.txt"))
+    if playbook:
+        result["final_playbook"] = playbook[-1].read_text()[:4000]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"done {task}/{method}/seed {seed} in {wall / 60:.1f} min: "
+          + ", ".join(f"{p['rollouts']}:{p['acc_mean']:.3f}" for p in result["points"]), flush=True)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- summary
+def load_results(task_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    by_method: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted(task_dir.glob("*-seed*.json")):
+        result = json.loads(path.read_text())
+        by_method.setdefault(result["method"], []).append(result)
+    return {m: by_method[m] for m in METHODS if m in by_method}
+
+
+def curve(results: list[dict[str, Any]], field: str = "acc_mean") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rollout counts shared by all seeds, the per-seed values there and the per-seed training time
+    (both seeds x points)."""
+    common = sorted(set.intersection(*[{p["rollouts"] for p in r["points"]} for r in results]))
+    values = np.array([[next(p[field] for p in r["points"] if p["rollouts"] == x) for x in common] for r in results])
+    times = np.array([[next(p["elapsed_s"] for p in r["points"] if p["rollouts"] == x) for x in common] for r in results])
+    return np.array(common), values, times
+
+
+def first_reaching(xs: np.ndarray, mean: np.ndarray, target: float) -> int | None:
+    hits = [int(x) for x, m in zip(xs, mean, strict=True) if m >= target - 1e-9]
+    return hits[0] if hits else None
+
+
+def summarize_task(task: str) -> list[str]:
+    from resd.report.plots import seed_band_png
+
+    task_dir = RESULTS / task
+    results = load_results(task_dir)
+    if not results:
+        return [f"no results for {task}"]
+    rows, lines = [], [f"### {task}", ""]
+    curves = {m: curve(rs) for m, rs in results.items()}
+    xs_all = sorted({int(x) for xs, _, _ in curves.values() for x in xs})
+    header = "| method | seeds | " + " | ".join(f"{x} rollouts" for x in xs_all) + " | train time per run |"
+    lines += [header, "|" + "---|" * (len(xs_all) + 3)]
+    for method, (xs, values, times) in curves.items():
+        mean, std = values.mean(axis=0), values.std(axis=0)
+        cells = []
+        for x in xs_all:
+            if x in xs:
+                j = list(xs).index(x)
+                cells.append(f"{mean[j]:.3f} ± {std[j]:.3f}")
+            else:
+                cells.append("")
+        lines.append(f"| {method} | {len(values)} | " + " | ".join(cells) + f" | {times[:, -1].mean() / 60:.1f} min |")
+        for seed_result, seed_values in zip(results[method], values, strict=True):
+            for x, v in zip(xs, seed_values, strict=True):
+                rows.append({"task": task, "method": method, "seed": seed_result["seed"], "rollouts": int(x), "acc_mean": v})
+    with (task_dir / "summary.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["task", "method", "seed", "rollouts", "acc_mean"])
+        writer.writeheader()
+        writer.writerows(rows)
+    lines.append("")
+    verdict: dict[str, Any] = {}
+    if "grpo" in curves and "resd" in curves:
+        gx, gv, _ = curves["grpo"]
+        rx, rv, _ = curves["resd"]
+        grpo_final = float(gv.mean(axis=0)[-1])
+        reach = first_reaching(rx, rv.mean(axis=0), grpo_final)
+        verdict["grpo_final"] = grpo_final
+        verdict["resd_rollouts_to_grpo_final"] = reach
+        verdict["target_quarter_budget"] = bool(reach is not None and reach <= gx[-1] / 4)
+        lines.append(f"- GRPO's final held-out accuracy: {grpo_final:.3f}; RESD's mean first reaches it at "
+                     f"{reach if reach is not None else 'never (within the budget)'} rollouts "
+                     f"(target: at most {int(gx[-1] / 4)}): {'met' if verdict['target_quarter_budget'] else 'not met'}.")
+    if "sdpo" in curves and "resd" in curves:
+        s_final = float(curves["sdpo"][1].mean(axis=0)[-1])
+        r_final = float(curves["resd"][1].mean(axis=0)[-1])
+        verdict.update(sdpo_final=s_final, resd_final=r_final, resd_beats_sdpo=r_final > s_final)
+        lines.append(f"- Final accuracy RESD {r_final:.3f} vs SDPO {s_final:.3f}: "
+                     f"{'RESD higher' if r_final > s_final else 'RESD not higher'}.")
+    (task_dir / "summary.json").write_text(json.dumps(
+        {"task": task, "verdict": verdict,
+         "curves": {m: {"rollouts": xs.tolist(), "acc_mean": v.mean(axis=0).tolist(), "acc_std": v.std(axis=0).tolist(),
+                        "acc_min": v.min(axis=0).tolist(), "acc_max": v.max(axis=0).tolist(),
+                        "elapsed_s": t.mean(axis=0).tolist(), "seeds": len(v)} for m, (xs, v, t) in curves.items()}},
+        indent=1) + "\n")
+    groups = {m: (xs, v, t) for m, (xs, v, t) in curves.items()}
+    (task_dir / "accuracy_vs_rollouts.png").write_bytes(
+        seed_band_png({m: (xs, v) for m, (xs, v, _) in groups.items()}, "rollouts", f"held-out accuracy ({task})"))
+    (task_dir / "accuracy_vs_time.png").write_bytes(
+        seed_band_png({m: (t / 60, v) for m, (_, v, t) in groups.items()}, "training wall-clock (min)",
+                      f"held-out accuracy ({task})"))
+    (task_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    return lines
+
+
+def main() -> None:
+    global RESULTS
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", action="append", help="task file in configs/ (repeatable)")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--budget", type=int, default=None, help="rollouts per run (default: the task file's)")
+    parser.add_argument("--runs", default="runs/efficacy", help="where run directories go (not kept in git)")
+    parser.add_argument("--results", default=str(HERE / "results"), help="where result JSON files and summaries go")
+    parser.add_argument("--summarize", action="store_true", help="only rebuild summaries and plots")
+    parser.add_argument("overrides", nargs="*", help="extra key=value config overrides for every run")
+    args = parser.parse_args()
+    RESULTS = Path(args.results)
+    tasks = args.task or sorted(p.stem for p in CONFIGS.glob("*.yaml") if p.stem != "methods")
+    if not args.summarize:
+        for task in tasks:
+            for seed in [int(s) for s in args.seeds.split(",")]:
+                for method in args.methods.split(","):
+                    if method not in METHODS:
+                        raise SystemExit(f"unknown method {method!r}; choose from {METHODS}")
+                    run_one(task, method, seed, args.budget, Path(args.runs), args.overrides)
+    for task in tasks:
+        print("\n".join(summarize_task(task)))
+
+
+if __name__ == "__main__":
+    main()
