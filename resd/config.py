@@ -45,6 +45,7 @@ class ModelConfig(Section):
     tiny: dict[str, Any] = Field(default_factory=dict, description="size of the 'tiny' random model")
     chat_template_kwargs: dict[str, Any] = Field(default_factory=dict, description="e.g. {enable_thinking: false}")
     lora: LoraSection = Field(default_factory=LoraSection)
+    device: str = Field("auto", description="'auto' (this rank's GPU when there is one, else cpu), 'cpu', 'cuda', 'cuda:1'")
 
 
 class DataConfig(Section):
@@ -117,6 +118,7 @@ class LossConfig(Section):
 class TeacherConfig(Section):
     kind: Literal["ema", "frozen", "live", "trust-region"] = "ema"
     update_rate: float = Field(0.05, ge=0, le=1)
+    offload: bool = Field(False, description="keep the teacher's weights in CPU memory between its forwards (GPU runs)")
 
 
 class RepromptSection(Section):

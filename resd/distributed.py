@@ -94,25 +94,28 @@ def init_distributed() -> DistInfo:
     return DistInfo(rank, dist.get_world_size(), init_device_mesh(device_type, (dist.get_world_size(),)))
 
 
-def shard_model(model: torch.nn.Module, info: DistInfo, param_dtype: torch.dtype | None = None) -> torch.nn.Module:
+def shard_model(model: torch.nn.Module, info: DistInfo, param_dtype: torch.dtype | None = None,
+                offload: bool = False) -> torch.nn.Module:
     """FSDP2: shard every decoder layer, then the root (whose embedding and head stay gathered
-    between forward and backward, because the loss applies the head itself, chunk by chunk)."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    between forward and backward, because the loss applies the head itself, chunk by chunk).
+    ``offload`` keeps the shards in CPU memory (FSDP2's CPU offload policy)."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else MixedPrecisionPolicy()
     layers = getattr(model.get_decoder(), "layers", None)
     if layers is None:
         raise NotImplementedError("FSDP sharding needs a decoder with a `layers` list (Llama/Qwen-style models)")
+    placement = CPUOffloadPolicy() if offload and info.mesh.device_type != "cpu" else OffloadPolicy()
     for layer in layers:
-        fully_shard(layer, mesh=info.mesh, mp_policy=policy)
-    fully_shard(model, mesh=info.mesh, mp_policy=policy, reshard_after_forward=False)
+        fully_shard(layer, mesh=info.mesh, mp_policy=policy, offload_policy=placement)
+    fully_shard(model, mesh=info.mesh, mp_policy=policy, reshard_after_forward=False, offload_policy=placement)
     return model
 
 
 def full_state_dict(model: torch.nn.Module, info: DistInfo) -> dict[str, torch.Tensor]:
     """Full (unsharded) parameters by name on every rank, on the CPU."""
     if not info.enabled:
-        return {n: p.detach() for n, p in model.named_parameters()}
+        return {n: p.detach().cpu() for n, p in model.named_parameters()}
     out = {}
     for name, param in model.named_parameters():
         value = param.detach()
@@ -134,6 +137,15 @@ def load_full_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor])
             param.to_local().copy_(local)
         else:
             param.copy_(value.to(param.dtype))
+
+
+def resolve_device(name: str, info: DistInfo | None = None) -> torch.device:
+    """``auto``: this rank's GPU (``LOCAL_RANK``) when CUDA is available, else the CPU."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
 
 
 def reshard(module: torch.nn.Module) -> None:

@@ -17,7 +17,8 @@ The teacher's weights are part of every checkpoint (the reference implementation
 from __future__ import annotations
 
 import copy
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 
@@ -30,7 +31,7 @@ class Teacher:
     """Holds the teacher weights and applies the update rule of its kind."""
 
     def __init__(self, student: torch.nn.Module, kind: str = "ema", update_rate: float = 0.05, *,
-                 lora: bool = False) -> None:
+                 lora: bool = False, offload: bool = False) -> None:
         if kind not in KINDS:
             raise ValueError(f"teacher kind must be one of {KINDS}, got {kind!r}")
         if not 0.0 <= update_rate <= 1.0:
@@ -41,6 +42,7 @@ class Teacher:
         self.module: torch.nn.Module | None = None
         self.shadow: dict[str, torch.Tensor] = {}
         self.lora = lora
+        self.offload = offload and not lora  # a LoRA teacher has no weights of its own to move
         self.adapter: dict[str, torch.nn.Parameter] = {}  # LoRA ema: the teacher adapter's parameters
         if lora:
             if kind == "ema":
@@ -50,6 +52,8 @@ class Teacher:
             self.module = copy.deepcopy(student)
             self.module.requires_grad_(False)
             self.module.eval()
+            if offload:
+                self.module.to("cpu")
             # EMA with small rates needs float32 accumulators when the module is lower precision.
             self.shadow = {
                 n: p.detach().float().clone()
@@ -61,7 +65,7 @@ class Teacher:
         """(module, logit weight, context to run its forward in) whose logits are mixed to form the
         teacher's logits; the context selects the LoRA adapter where there is one."""
         if not self.lora:
-            return [(m, w, nullcontext()) for m, w in self.models]
+            return [(m, w, self._on_device(m) if m is self.module else nullcontext()) for m, w in self.models]
         base = (self.student, 1.0 - self.rate if self.kind == "trust-region" else 1.0,
                 lora_lib.active_adapter(self.student, None))
         if self.kind == "live":
@@ -71,6 +75,19 @@ class Teacher:
         if self.kind == "trust-region":
             return [base, (self.student, self.rate, nullcontext())]
         return [(self.student, 1.0, lora_lib.active_adapter(self.student, lora_lib.TEACHER_ADAPTER))]
+
+    @contextmanager
+    def _on_device(self, module: torch.nn.Module) -> Iterator[None]:
+        """With ``offload``, bring the teacher to the student's device for one forward, then back to CPU."""
+        if not self.offload:
+            yield
+            return
+        device = next(self.student.parameters()).device
+        module.to(device)
+        try:
+            yield
+        finally:
+            module.to("cpu")
 
     @property
     def models(self) -> list[tuple[torch.nn.Module, float]]:
@@ -92,7 +109,7 @@ class Teacher:
             target = self.shadow.get(name, param)
             if self.lora:
                 name = lora_lib.counterpart(name, lora_lib.TEACHER_ADAPTER, lora_lib.STUDENT_ADAPTER)
-            target.mul_(1.0 - self.rate).add_(source[name].detach().to(target.dtype), alpha=self.rate)
+            target.mul_(1.0 - self.rate).add_(source[name].detach().to(target.device, target.dtype), alpha=self.rate)
             if target is not param:
                 param.copy_(target)
 

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from resd import envs
 from resd.config import Config
 from resd.context.reprompt import RepromptConfig, build_teacher_contexts
-from resd.distributed import full_state_dict, init_distributed, load_full_state_dict, reshard, shard_model
+from resd.distributed import full_state_dict, init_distributed, load_full_state_dict, reshard, resolve_device, shard_model
 from resd.envs.base import Feedback
 from resd.losses import DistillationSpec, group_advantages, is_ratio, ppo_clip_token_loss, token_terms, token_weights
 from resd.models import DTYPES, chat_prompt_ids, load_model, load_tokenizer
@@ -114,6 +114,9 @@ class Trainer:
         # Sharded training keeps float32 parameters and computes in the configured precision.
         load_precision = "fp32" if self.dist.enabled else cfg.model.precision
         self.model = model or load_model(cfg.model.name, load_precision, self.tokenizer, tiny=cfg.model.tiny)
+        self.device = resolve_device(cfg.model.device, self.dist)
+        if not self.dist.enabled:  # FSDP2 places the shards itself
+            self.model.to(self.device)
         if cfg.model.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.lora = cfg.model.lora.enabled
@@ -130,7 +133,8 @@ class Trainer:
 
         self.uses_teacher = cfg.algorithm != "grpo" and cfg.loss.pg_weight < 1.0
         self.pg_weight = 1.0 if cfg.algorithm == "grpo" else cfg.loss.pg_weight
-        self.teacher = (Teacher(self.model, cfg.teacher.kind, cfg.teacher.update_rate, lora=self.lora)
+        self.teacher = (Teacher(self.model, cfg.teacher.kind, cfg.teacher.update_rate, lora=self.lora,
+                                offload=cfg.teacher.offload and not self.dist.enabled)
                         if self.uses_teacher else None)
         rollout_model = self.model
         if self.dist.enabled:
@@ -138,11 +142,11 @@ class Trainer:
                 raise ValueError(f"teacher.kind={cfg.teacher.kind} is not supported with several processes (use ema or frozen)")
             compute = DTYPES[cfg.model.precision]
             # Generation uses an unsharded replica that receives the weights after every step.
-            rollout_model = copy.deepcopy(self.model).to(compute).requires_grad_(False)
+            rollout_model = copy.deepcopy(self.model).to(self.device, compute).requires_grad_(False)
             param_dtype = compute if compute != torch.float32 else None
             shard_model(self.model, self.dist, param_dtype)
             if self.teacher is not None:
-                shard_model(self.teacher.module, self.dist, param_dtype)
+                shard_model(self.teacher.module, self.dist, param_dtype, offload=cfg.teacher.offload)
             local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in self.model.parameters())
             total = sum(p.numel() for p in self.model.parameters())
             log.info("FSDP2 sharding active: rank %d of %d holds %d of %d parameter elements",
@@ -347,12 +351,12 @@ class Trainer:
             hidden = response_hidden(self.model, rows)
             if dummy:
                 continue
-            ids = torch.tensor([t for s in micro for t in s.response_ids])
+            ids = torch.tensor([t for s in micro for t in s.response_ids], device=self.device)
             logp, _ = token_terms(logits_fn([(head, hidden, 1.0)], self.config.rollout.temperature), None, ids, None,
                                   self.config.train.loss_chunk_size, recompute=False)
             start = 0
             for s in micro:
-                s.extra["old_logprobs"] = logp[start : start + len(s.response_ids)].clone()
+                s.extra["old_logprobs"] = logp[start : start + len(s.response_ids)].cpu()
                 start += len(s.response_ids)
         reshard(self.model)
         if self.dist.enabled:  # every rank needs the old log-probs of the samples it trains on
@@ -379,21 +383,22 @@ class Trainer:
                     with adapter:
                         pairs.append((lm_head(m), response_hidden(m, trows), w))
             teacher_fn = logits_fn(pairs, temperature)
-        ids = torch.tensor([t for r in responses for t in r])
+        dev = self.device
+        ids = torch.tensor([t for r in responses for t in r], device=dev)
         logp, div = token_terms(student_fn, teacher_fn, ids, self.spec, cfg.train.loss_chunk_size)
 
         if off_policy:  # (a dummy micro-batch may lack them; its weights are zero)
-            old = torch.cat([s.extra.get("old_logprobs", torch.zeros(len(s.response_ids))) for s in micro])
+            old = torch.cat([s.extra.get("old_logprobs", torch.zeros(len(s.response_ids))) for s in micro]).to(dev)
         else:
             old = logp.detach()
         tis = torch.ones_like(logp)
         if cfg.train.rollout_is_threshold is not None and all(s.rollout_logprobs is not None for s in micro):
-            rollout = torch.tensor([x for s in micro for x in s.rollout_logprobs])
+            rollout = torch.tensor([x for s in micro for x in s.rollout_logprobs], device=dev)
             tis = torch.exp((old - rollout).clamp(-20, 20)).clamp(max=cfg.train.rollout_is_threshold)
         loss = logp.new_zeros(())
         stats: dict[str, float] = {}
         if self.pg_weight < 1.0:
-            weights = torch.cat(w_sd)
+            weights = torch.cat(w_sd).to(dev)
             ratio = is_ratio(logp, old if off_policy else None, cfg.loss.is_clip)
             distill = (weights * ratio * tis * div).sum()
             loss = loss + (1.0 - self.pg_weight) * distill
@@ -401,9 +406,9 @@ class Trainer:
             stats.update(distill=float(distill.detach()), div_sum=float(div.detach()[on].sum()), div_tokens=float(on.sum()),
                          ratio_sum=float(ratio[on].sum()))
         if self.pg_weight > 0.0:
-            adv = torch.cat([torch.full((len(s.response_ids),), s.advantage) for s in micro])
+            adv = torch.cat([torch.full((len(s.response_ids),), s.advantage) for s in micro]).to(dev)
             per_tok, clipped = ppo_clip_token_loss(logp, old, adv, cfg.loss.clip_low, cfg.loss.clip_high, cfg.loss.dual_clip)
-            pg = (torch.cat(w_pg) * tis * per_tok).sum()
+            pg = (torch.cat(w_pg).to(dev) * tis * per_tok).sum()
             loss = loss + self.pg_weight * pg
             stats.update(pg=float(pg.detach()), clipped=float(clipped.sum()))
         stats.update(tis_sum=float(tis.sum()), tokens=float(ids.numel()))
