@@ -65,7 +65,9 @@ class DataConfig(Section):
 
 
 class RolloutConfig(Section):
-    backend: Literal["hf"] = "hf"
+    backend: Literal["hf", "vllm"] = Field("hf", description="hf: transformers generate; vllm: a colocated vLLM engine")
+    vllm: dict[str, Any] = Field(default_factory=dict, description="vllm.LLM keyword arguments (gpu_memory_utilization, ...)")
+    vllm_sleep_level: int = Field(1, ge=0, le=2, description="sleep the engine during updates (0: never; 2: drop weights)")
     n: int = Field(8, ge=1, description="samples per prompt")
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -253,7 +255,7 @@ def available_presets() -> list[str]:
 
 # Free-form mappings that a later layer replaces whole (merging the keyword arguments of one
 # environment into those of another would make no sense).
-_REPLACED_WHOLE = {"env_kwargs", "chat_template_kwargs"}
+_REPLACED_WHOLE = {"env_kwargs", "chat_template_kwargs", "vllm"}
 
 
 def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

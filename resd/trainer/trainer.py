@@ -166,8 +166,11 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer.optimizer, warmup_lambda(cfg.train.warmup_steps, self.total_optimizer_steps(), cfg.train.lr_schedule)
         )
-        self.generator = HFGenerator(rollout_model, self.tokenizer, cfg.rollout.batch_size,
-                                     record_logprobs=cfg.train.rollout_is_threshold is not None)
+        if cfg.rollout.backend == "vllm":
+            self.generator = self._vllm_generator()
+        else:
+            self.generator = HFGenerator(rollout_model, self.tokenizer, cfg.rollout.batch_size,
+                                         record_logprobs=cfg.train.rollout_is_threshold is not None)
         self.sampling = SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k, cfg.rollout.max_new_tokens)
 
         self.step = 0
@@ -319,8 +322,24 @@ class Trainer:
             micros += [([mini[0]], True)] * (target - len(micros))
         return micros
 
+    def _vllm_generator(self):
+        from resd.models.loading import resolve_model_path
+        from resd.rollout.vllm import VLLMGenerator
+
+        cfg = self.config
+        if cfg.model.name == "tiny":
+            raise ValueError("rollout.backend=vllm needs a checkpoint on disk, not model.name=tiny")
+        dtype = {"bf16": "bfloat16", "fp32": "float32"}[cfg.model.precision]
+        weights = (lambda: full_state_dict(self.model, self.dist).items()) if self.dist.enabled else None
+        return VLLMGenerator(self.model, self.tokenizer, resolve_model_path(cfg.model.name), dtype, cfg.rollout.vllm,
+                             cfg.rollout.vllm_sleep_level, weights_fn=weights)
+
     def sync_rollout_weights(self) -> None:
-        """Give the (replica) rollout model the student's new weights."""
+        """Give the rollout backend the student's new weights (a replica, or the vLLM engine)."""
+        sync = getattr(self.generator, "sync_weights", None)
+        if getattr(self.generator, "llm", None) is not None and callable(sync):
+            sync()
+            return
         if self.generator.model is self.model:
             return
         load_full_state_dict(self.generator.model, full_state_dict(self.model, self.dist))
@@ -423,6 +442,8 @@ class Trainer:
             self._old_logprobs(samples)
         totals: dict[str, float] = {}
         grad_norms, skipped = [], 0
+        if callable(getattr(self.generator, "sleep", None)):  # vLLM frees its memory for the update
+            self.generator.sleep()
         for mini in minis:
             self.optimizer.zero_grad()
             lengths = [len(s.response_ids) for s in mini]
@@ -455,7 +476,6 @@ class Trainer:
                 self.scheduler.step()
                 if self.teacher is not None:
                     self.teacher.update(self.optimizer.master_state())
-                self.sync_rollout_weights()
                 self.nonfinite_in_a_row = 0
             else:
                 skipped += 1
@@ -466,6 +486,8 @@ class Trainer:
                         f"{self.nonfinite_in_a_row} optimizer steps in a row had non-finite gradients; stopping"
                     )
         self.optimizer.zero_grad()
+        if skipped < len(minis):
+            self.sync_rollout_weights()
         totals = self.dist.all_reduce_sum(totals)
         n_mini = max(1, len(minis))
         metrics = {
