@@ -77,6 +77,11 @@ def run_one(task: str, method: str, seed: int, budget: int | None, runs_root: Pa
         print(f"skip {task}/{method}/seed {seed}: {out.relative_to(HERE.parent.parent)} exists", flush=True)
         return out
     config, budget = run_config(task, method, budget)
+    # Before training every method is the same model evaluated with the same seed: evaluate it once
+    # per task and seed and share that point (it is bit-identical, so this only saves time).
+    base = shared_base_point(task, seed)
+    if base is not None:
+        config["eval"]["before_train"] = False
     run_dir = runs_root / task / f"{method}-seed{seed}"
     if run_dir.exists():  # an unfinished attempt (benchmark runs keep no checkpoints): start over
         shutil.rmtree(run_dir)
@@ -95,6 +100,8 @@ def run_one(task: str, method: str, seed: int, budget: int | None, runs_root: Pa
     k = config["eval"]["k"]
     result = {"task": task, "method": method, "seed": seed, "budget_rollouts": budget, "wall_s": round(wall, 1),
               "eval_k": k, "overrides": overrides, "config": config, **extract(run_dir, k)}
+    if base is not None:
+        result["points"].insert(0, {**base, "shared": True})
     playbook = sorted((run_dir / "playbook").glob("step-*.txt"))
     if playbook:
         result["final_playbook"] = playbook[-1].read_text()[:4000]
@@ -103,6 +110,15 @@ def run_one(task: str, method: str, seed: int, budget: int | None, runs_root: Pa
     print(f"done {task}/{method}/seed {seed} in {wall / 60:.1f} min: "
           + ", ".join(f"{p['rollouts']}:{p['acc_mean']:.3f}" for p in result["points"]), flush=True)
     return out
+
+
+def shared_base_point(task: str, seed: int) -> dict[str, Any] | None:
+    """The rollouts=0 evaluation of an earlier method's run on this task and seed, if any."""
+    for path in sorted((RESULTS / task).glob(f"*-seed{seed}.json")):
+        for point in json.loads(path.read_text())["points"]:
+            if point["rollouts"] == 0 and not point.get("shared"):
+                return {k: v for k, v in point.items() if k != "shared"}
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- summary

@@ -19,11 +19,12 @@ _NUMBER = re.compile(r"-?\d[\d,]*")
 _OPS = {"add": ("+", lambda a, b: a + b), "sub": ("-", lambda a, b: a - b), "mul": ("*", lambda a, b: a * b)}
 
 
-# "answer" asks for the number alone (no room to compute); "work" lets the model write its steps,
-# which is what a worked-solution teacher can teach (the demo collapsed onto the format example of
-# "answer" when distilled from an answer-revealing teacher, see BENCHMARKS.md).
+# "answer" asks for the number alone; "work" lets the model write its steps first (longer and, for
+# the 0.5B model, not more accurate). No instruction shows an example number: with "for example
+# <answer>123</answer>" the 0.5B model answered "123" in a fifth of its samples before training,
+# and self-distillation made that the dominant answer (BENCHMARKS.md, efficacy benchmark).
 INSTRUCTIONS = {
-    "answer": "Put only the final number inside <answer></answer> tags, for example <answer>123</answer>.",
+    "answer": "Put only the final number inside <answer></answer> tags.",
     "work": "Work it out step by step in a few short lines, then put the final number inside <answer></answer> tags.",
 }
 

@@ -160,8 +160,11 @@ class VLLMGenerator:
             self.asleep = False
         weights = [(name, t.to(self.dtype) if t.is_floating_point() else t) for name, t in self.weights_fn()]
 
-        def load(model: torch.nn.Module) -> None:
-            model.load_weights(weights=weights)
+        try:  # vLLM >= 0.30: layer-wise in-place reload, which redoes the backend's weight processing
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
+        except AttributeError:  # older vLLM: load straight into the live model
+            def load(model: torch.nn.Module) -> None:
+                model.load_weights(weights=weights)
 
-        self.llm.apply_model(load)
+            self.llm.apply_model(load)
         self.stale = False

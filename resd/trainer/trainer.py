@@ -38,6 +38,7 @@ from resd.distributed import full_state_dict, init_distributed, load_full_state_
 from resd.envs.base import Feedback
 from resd.losses import DistillationSpec, group_advantages, is_ratio, ppo_clip_token_loss, token_terms, token_weights
 from resd.models import DTYPES, chat_prompt_ids, load_model, load_tokenizer
+from resd.models.loading import contiguous_head_input
 from resd.models.lora import apply_lora, load_adapters
 from resd.rollout import HFGenerator, SamplingParams
 from resd.rollout.base import mix_seed
@@ -114,6 +115,7 @@ class Trainer:
         # Sharded training keeps float32 parameters and computes in the configured precision.
         load_precision = "fp32" if self.dist.enabled else cfg.model.precision
         self.model = model or load_model(cfg.model.name, load_precision, self.tokenizer, tiny=cfg.model.tiny)
+        contiguous_head_input(self.model)  # (models passed in were not loaded by load_model)
         self.device = resolve_device(cfg.model.device, self.dist)
         if not self.dist.enabled:  # FSDP2 places the shards itself
             self.model.to(self.device)
