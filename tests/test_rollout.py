@@ -55,3 +55,22 @@ def test_seeded_generation_does_not_depend_on_batching(tokenizer):
     assert [r.response_ids for r in again] == [r.response_ids for r in together]
     for a, b in zip(together, apart, strict=True):
         torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4, rtol=1e-4)
+
+
+def test_head_input_is_made_contiguous_once_and_changes_nothing():
+    """The head's pre-hook (a CPU speed fix for strided [B, 1, H] inputs) leaves logits unchanged."""
+    from resd.models import build_tiny_model
+    from resd.models.loading import contiguous_head_input
+
+    model = build_tiny_model(300)
+    ids = torch.tensor([[3, 17, 42, 99, 7], [5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        before = model(ids, logits_to_keep=1).logits
+        contiguous_head_input(contiguous_head_input(model))
+        head = model.get_output_embeddings()
+        assert len(head._forward_pre_hooks) == 1
+        seen = []
+        head.register_forward_hook(lambda _m, args, _out: seen.append(args[0].is_contiguous()))
+        after = model(ids, logits_to_keep=1).logits
+    assert seen == [True]
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
