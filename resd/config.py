@@ -27,7 +27,7 @@ class Section(BaseModel):
 
 
 class LoraSection(Section):
-    """LoRA through PEFT (``pip install 'resd[peft]'``): only the adapter trains; the teacher is the
+    """LoRA through PEFT: only the adapter trains; the teacher is the
     base model (``teacher.kind=frozen``) or a second adapter following the student's by EMA."""
 
     enabled: bool = False

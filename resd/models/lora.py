@@ -22,7 +22,7 @@ def _peft():
     try:
         import peft
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("model.lora needs PEFT: pip install 'resd[peft]'") from e
+        raise ImportError("model.lora needs PEFT (a dependency of resd): pip install peft") from e
     return peft
 
 
