@@ -271,3 +271,15 @@ def test_fuzz_parser_and_score_never_raise(env):
         assert len(fb.feedback) <= 2000
         assert (fb.feedback == "") == (fb.score == 1.0)
     assert parsed > 1500  # the mutations keep a fair share of programs valid
+
+
+def test_family_filter_keeps_only_the_chosen_problem_families():
+    from resd.envs.manufactoria.env import ManufactoriaEnv
+
+    env = ManufactoriaEnv(families=["contains_count"])
+    rows = env.load_split("train")
+    assert rows and {r["problem_family"] for r in rows} == {"contains_count"}
+    assert len(env.load_split("train", limit=5)) == 5
+    assert len(ManufactoriaEnv().load_split("train")) > len(rows)
+    with pytest.raises(ValueError, match="unknown Manufactoria-Has families"):
+        ManufactoriaEnv(families=["contains_colour"])

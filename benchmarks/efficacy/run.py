@@ -64,6 +64,7 @@ def extract(run_dir: Path, k: int) -> dict[str, Any]:
         if ACC_KEY.format(k=k) in row:
             points.append({"rollouts": int(row["progress/rollouts"]), "elapsed_s": round(row["progress/elapsed_s"], 1),
                            "acc_mean": row[ACC_KEY.format(k=k)], "acc_best": row.get(f"val/acc/best@{k}"),
+                           "test_case_mean": row.get(f"val/test_case/mean@{k}"),
                            "response_length": row.get("val/response_length/mean")})
         elif "reward/mean" in row:
             train.append({key: row.get(key) for key in ("step", "progress/rollouts", "reward/mean", "loss/distill", "loss/pg",

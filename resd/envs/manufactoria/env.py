@@ -105,14 +105,20 @@ class ManufactoriaEnv(Environment):
     Args:
         sparse: score = 1.0 only if every test passes (RESD's setting); False gives score = acc.
         max_steps: the interpreter's iteration cap (1000 upstream).
+        families: keep only these problem families of the generated splits (``contains_count``,
+            ``contains_ordered``, ``contains_substring``); None keeps all.
     """
 
     name = "manufactoria"
     task_description = "generating Manufactoria DSL codes"
 
-    def __init__(self, sparse: bool = True, max_steps: int = MAX_STEPS) -> None:
+    def __init__(self, sparse: bool = True, max_steps: int = MAX_STEPS, families: list[str] | None = None) -> None:
         self.sparse = sparse
         self.max_steps = max_steps
+        known = {"contains_count", "contains_ordered", "contains_substring"}
+        if families is not None and not set(families) <= known:
+            raise ValueError(f"unknown Manufactoria-Has families {sorted(set(families) - known)}; known: {sorted(known)}")
+        self.families = None if families is None else set(families)
 
     def prompt_messages(self, example: Example) -> list[Message]:
         """The row's chat messages (``messages``, or ``prompt`` in veRL rows)."""
@@ -162,4 +168,7 @@ class ManufactoriaEnv(Environment):
 
     def load_split(self, split: str, path: str | None = None, limit: int | None = None) -> list[Example]:
         """Generated Manufactoria-Has rows (742 train / 132 test), or the rows of a user's file."""
-        return generator.load_split(split, path, limit)
+        if self.families is None:
+            return generator.load_split(split, path, limit)
+        rows = [r for r in generator.load_split(split, path) if r.get("problem_family") in self.families]
+        return rows[:limit] if limit is not None else rows
