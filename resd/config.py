@@ -7,13 +7,15 @@ order: the defaults, a preset, a YAML file, and the command-line overrides.
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
-from resd.context.reprompt import FEEDBACK_TEMPLATE, REPROMPT_TEMPLATE, SOLUTION_TEMPLATE
+from resd.context.reprompt import RepromptConfig
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -123,17 +125,20 @@ class TeacherConfig(Section):
     offload: bool = Field(False, description="keep the teacher's weights in CPU memory between its forwards (GPU runs)")
 
 
-class RepromptSection(Section):
-    success_reward_threshold: float = 0.5
-    dont_reprompt_on_self_success: bool = True
-    remove_thinking_from_demonstration: bool = True
-    include_environment_feedback: bool = True
-    environment_feedback_only_without_solution: bool = True
+class _RepromptLimits(Section):
     max_reprompt_len: int = Field(10240, ge=1)
     reprompt_truncation: Literal["left", "right", "error"] = "right"
-    reprompt_template: str = REPROMPT_TEMPLATE
-    solution_template: str = SOLUTION_TEMPLATE
-    feedback_template: str = FEEDBACK_TEMPLATE
+
+
+def _section_of(dataclass_type: type, base: type[Section], name: str) -> type[Section]:
+    """A config section with the fields (types and defaults) of a dataclass, plus ``base``'s own."""
+    hints = typing.get_type_hints(dataclass_type)
+    fields = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(dataclass_type)}
+    return create_model(name, __base__=base, **fields)
+
+
+#: SDPO's teacher-context keys (:class:`resd.context.reprompt.RepromptConfig`) and the prompt limits
+RepromptSection = _section_of(RepromptConfig, _RepromptLimits, "RepromptSection")
 
 
 class EvalConfig(Section):
