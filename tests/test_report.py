@@ -431,3 +431,14 @@ def test_report_of_a_real_training_run(tiny_config, tmp_path):
             "plot-val-pass-1-step"} <= ids
     assert '<tr class="best"><td>step 1</td>' in page and 'class="ok">present' in page
     assert page.count('<details class="sample">') == 2
+
+
+def test_seed_band_png_draws_shared_and_per_seed_x():
+    from resd.report.plots import seed_band_png
+
+    values = [[0.1, 0.2, 0.3], [0.1, 0.3, 0.2]]
+    shared = seed_band_png({"sdpo": ([0, 64, 128], values)}, "rollouts", "acc", "mean@2")
+    per_seed = seed_band_png({"sdpo": ([[0, 1, 2], [0, 1.5, 2.5]], values), "grpo": ([0, 1, 2], [[0.1, 0.1, 0.2]])},
+                             "minutes", "acc")
+    for png in (shared, per_seed):
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000

@@ -200,11 +200,14 @@ def summarize_task(task: str) -> list[str]:
                         "elapsed_s": t.mean(axis=0).tolist(), "seeds": len(v)} for m, (xs, v, t) in curves.items()}},
         indent=1) + "\n")
     groups = {m: (xs, v, t) for m, (xs, v, t) in curves.items()}
+    k = next(iter(results.values()))[0]["eval_k"]
+    y_label = f"mean@{k} (band: min-max over seeds)"
     (task_dir / "accuracy_vs_rollouts.png").write_bytes(
-        seed_band_png({m: (xs, v) for m, (xs, v, _) in groups.items()}, "rollouts", f"held-out accuracy ({task})"))
+        seed_band_png({m: (xs, v) for m, (xs, v, _) in groups.items()}, "rollouts", f"{task}: held-out accuracy",
+                      y_label))
     (task_dir / "accuracy_vs_time.png").write_bytes(
         seed_band_png({m: (t / 60, v) for m, (_, v, t) in groups.items()}, "training wall-clock (min)",
-                      f"held-out accuracy ({task})"))
+                      f"{task}: held-out accuracy", y_label))
     (task_dir / "summary.md").write_text("\n".join(lines) + "\n")
     return lines
 

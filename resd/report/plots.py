@@ -181,7 +181,8 @@ def val_metric_order(keys: set[str]) -> list[str]:
     return sorted((k for k in keys if k.startswith("val/") and k not in VAL_SKIP), key=metric_sort_key)
 
 
-def seed_band_png(groups: dict[str, tuple[Any, Any]], x_label: str, title: str, dpi: int = 100) -> bytes:
+def seed_band_png(groups: dict[str, tuple[Any, Any]], x_label: str, title: str, y_label: str = "",
+                  dpi: int = 100) -> bytes:
     """Mean curve per group with its min-max band over seeds.
 
     ``groups`` maps a label to ``(xs, values)``: ``xs`` is one x array shared by all seeds (shape
@@ -199,12 +200,13 @@ def seed_band_png(groups: dict[str, tuple[Any, Any]], x_label: str, title: str, 
         x_mean = xs.mean(axis=0) if xs.ndim == 2 else xs
         color = run_color(index)
         ax.plot(x_mean, values.mean(axis=0), color=color, marker="o", markersize=3,
-                label=f"{_plain(label)} (n={len(values)})")
+                label=f"{_plain(label)} ({len(values)} seed{'s' if len(values) > 1 else ''})")
         ax.fill_between(x_mean, values.min(axis=0), values.max(axis=0), color=color, alpha=0.15, linewidth=0)
         if xs.ndim == 2:
             for seed_x, seed_y in zip(xs, values, strict=True):
                 ax.plot(seed_x, seed_y, color=color, alpha=0.25, linewidth=0.8)
     ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
     ax.set_title(_plain(title), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
