@@ -200,7 +200,7 @@ class ResdConfig(Section):
     use_reflection_in_teacher_prompt: bool = True
     use_solution_in_teacher_prompt: bool = True
     feedback_only_without_solution: bool = True
-    teacher_template: str | None = Field(None, description="path of a replacement teacher template")
+    teacher_template: str | None = Field(None, description="'default', 'direct' (short answers) or a template file path")
     max_section_chars: int | None = Field(8000, ge=100, description="cap on each long section of the teacher prompt")
     success_rate_weighting: bool = False
     success_rate_alpha: float = Field(1.0, ge=0)

@@ -310,6 +310,10 @@ def test_placeholder_lessons_copied_from_the_prompt_are_skipped():
         {"type": "ADD", "section": "others", "content": "  ...  "},
         {"type": "ADD", "section": "others", "content": "[misc-00009] helpful=0 harmful=0 :: <lesson>"},
         {"type": "ADD", "section": "others", "content": "Check the <EMPTY> branch of every puller."},
+        {"type": "ADD", "section": "others", "content": "the lesson itself, one sentence"},  # brackets dropped
+        {"type": "ADD", "section": "others", "content": "The Lesson itself - one sentence."},
+        {"type": "ADD", "section": "others", "content": "Multiply the ones digits first; it fixes the lesson itself."},
     ])
-    assert summary.added == 1 and summary.skipped == 3
-    assert [b.content for b in pb.bullets()] == ["Check the <EMPTY> branch of every puller."]
+    assert summary.added == 2 and summary.skipped == 5
+    assert [b.content for b in pb.bullets()] == ["Check the <EMPTY> branch of every puller.",
+                                                 "Multiply the ones digits first; it fixes the lesson itself."]

@@ -85,3 +85,13 @@ def test_success_rate_weights_by_hand():
     torch.testing.assert_close(w, torch.ones(4))
     w = success_rate_weights([True, False], alpha=2.0, beta=1.0)  # s = 0.5: 0.25 and 0.5
     torch.testing.assert_close(w, torch.tensor([0.25, 0.5]) / 0.375)
+
+
+def test_builtin_templates_differ_only_in_the_answer_style_bullet():
+    from resd.context.teacher_prompt import load_template
+
+    default, direct = load_template(), load_template("direct")
+    assert load_template("default") == default
+    changed = [(a, b) for a, b in zip(default.splitlines(), direct.splitlines(), strict=True) if a != b]
+    assert len(changed) == 1
+    assert "step by step" in changed[0][0] and "form of the answer" in changed[0][1]

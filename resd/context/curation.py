@@ -129,7 +129,21 @@ def clean_content(content: str) -> str:
     text = one_line(content)
     match = BULLET_RE.match(text)
     text = match.group(4).strip() if match else text
-    return "" if _PLACEHOLDER.match(text) else text
+    if _PLACEHOLDER.match(text) or _placeholder_words(text) in _PROMPT_PLACEHOLDERS:
+        return ""
+    return text
+
+
+def _placeholder_words(text: str) -> str:
+    return " ".join(re.findall(r"[a-z]+", text.lower()))
+
+
+# The curator prompt's placeholders, which small models copy with or without their angle brackets
+# (seen in the efficacy benchmark: "the lesson itself, one sentence" added as a bullet).
+_PROMPT_PLACEHOLDERS = frozenset(
+    _placeholder_words(p)
+    for p in ("the lesson itself, one sentence", "lesson", "new text", "merged text", "section", "bullet id")
+)
 
 
 def add_bullet(playbook: Playbook, section: str, content: str, *, dedup: Dedup | None = None,

@@ -35,9 +35,17 @@ class TeacherPromptConfig:
     max_section_chars: int | None = 8000
 
 
+#: built-in teacher templates: ``default`` follows RESD's v4 template (its bullets ask the teacher to
+#: reason step by step); ``direct`` asks for an answer in the form the task wants instead, for tasks
+#: whose answers are short (see BENCHMARKS.md, "teacher context signal").
+BUILTIN_TEMPLATES = {"default": "teacher.txt", "direct": "teacher_direct.txt"}
+
+
 def load_template(path: str | Path | None = None) -> str:
-    """Read a teacher template and check that it uses only the known placeholders."""
-    text = Path(path).read_text(encoding="utf-8") if path else (TEMPLATE_DIR / "teacher.txt").read_text(encoding="utf-8")
+    """Read a teacher template (a built-in name or a path) and check that it uses only the known placeholders."""
+    if path in BUILTIN_TEMPLATES or path is None:
+        path = TEMPLATE_DIR / BUILTIN_TEMPLATES[path or "default"]
+    text = Path(path).read_text(encoding="utf-8")
     fields = {name for _, name, _, _ in string.Formatter().parse(text) if name}
     unknown = fields - PLACEHOLDERS
     if unknown:
