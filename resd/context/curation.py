@@ -135,7 +135,7 @@ def clean_content(content: str) -> str:
 
 
 def _placeholder_words(text: str) -> str:
-    return " ".join(re.findall(r"[a-z]+", text.lower()))
+    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
 
 
 # The curator prompt's placeholders, which small models copy with or without their angle brackets
