@@ -40,6 +40,7 @@ from resd.losses import DistillationSpec, group_advantages, is_ratio, ppo_clip_t
 from resd.models import DTYPES, chat_prompt_ids, load_model, load_tokenizer
 from resd.models.loading import contiguous_head_input
 from resd.models.lora import apply_lora, load_adapters
+from resd.rollout.vllm import VLLMGenerator
 from resd.rollout import HFGenerator, SamplingParams
 from resd.rollout.base import mix_seed
 from resd.teacher import Teacher
@@ -326,7 +327,6 @@ class Trainer:
 
     def _vllm_generator(self):
         from resd.models.loading import resolve_model_path
-        from resd.rollout.vllm import VLLMGenerator
 
         cfg = self.config
         if cfg.model.name == "tiny":
@@ -338,9 +338,8 @@ class Trainer:
 
     def sync_rollout_weights(self) -> None:
         """Give the rollout backend the student's new weights (a replica, or the vLLM engine)."""
-        sync = getattr(self.generator, "sync_weights", None)
-        if getattr(self.generator, "llm", None) is not None and callable(sync):
-            sync()
+        if isinstance(self.generator, VLLMGenerator):
+            self.generator.sync_weights()
             return
         if self.generator.model is self.model:
             return
@@ -444,7 +443,7 @@ class Trainer:
             self._old_logprobs(samples)
         totals: dict[str, float] = {}
         grad_norms, skipped = [], 0
-        if callable(getattr(self.generator, "sleep", None)):  # vLLM frees its memory for the update
+        if isinstance(self.generator, VLLMGenerator):  # the engine frees its memory for the update
             self.generator.sleep()
         for mini in minis:
             self.optimizer.zero_grad()
