@@ -263,11 +263,12 @@ def available_presets() -> list[str]:
 _REPLACED_WHOLE = {"env_kwargs", "chat_template_kwargs", "vllm"}
 
 
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``update`` layered over ``base``: nested sections merge, free-form mappings are replaced whole."""
     out = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in _REPLACED_WHOLE:
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
     return out
@@ -282,7 +283,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: the top level must be a mapping of keys")
     parent = data.pop("base", None)  # a preset may extend another
     if parent is not None:
-        data = _deep_merge(_read_yaml(_preset_path(str(parent))), data)
+        data = deep_merge(_read_yaml(_preset_path(str(parent))), data)
     return data
 
 
@@ -326,14 +327,14 @@ def load_config(preset: str | None = None, path: str | Path | None = None, overr
     """Build a :class:`Config` from a preset, a YAML file and ``key=value`` overrides (in that order)."""
     data: dict[str, Any] = {}
     if preset is not None:
-        data = _deep_merge(data, _read_yaml(_preset_path(preset)))
+        data = deep_merge(data, _read_yaml(_preset_path(preset)))
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        data = _deep_merge(data, _read_yaml(path))
+        data = deep_merge(data, _read_yaml(path))
     for item in overrides or []:
-        data = _deep_merge(data, parse_override(item))
+        data = deep_merge(data, parse_override(item))
     try:
         return Config.model_validate(data)
     except ValidationError as e:

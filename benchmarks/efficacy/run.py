@@ -26,18 +26,13 @@ from typing import Any
 import numpy as np
 import yaml
 
+from resd.config import deep_merge
+
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE / "configs"
 RESULTS = HERE / "results"
 METHODS = ("grpo", "sdpo", "sdpo-ss", "resd")
 ACC_KEY = "val/acc/mean@{k}"
-
-
-def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in update.items():
-        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def run_config(task: str, method: str, budget: int | None) -> tuple[dict[str, Any], int]:
@@ -78,8 +73,8 @@ def run_one(task: str, method: str, seed: int, budget: int | None, runs_root: Pa
         print(f"skip {task}/{method}/seed {seed}: {out.relative_to(HERE.parent.parent)} exists", flush=True)
         return out
     config, budget = run_config(task, method, budget)
-    # Before training every method is the same model evaluated with the same seed: evaluate it once
-    # per task and seed and share that point (it is bit-identical, so this only saves time).
+    # Before training every method is the same model (a LoRA adapter starts as a no-op) evaluated
+    # with the same seeds: evaluate it once per task and seed and share that point.
     base = shared_base_point(task, seed)
     if base is not None:
         config["eval"]["before_train"] = False

@@ -108,6 +108,7 @@ class ContextUpdater:
         """
         cfg = self.config
         metrics: dict[str, float] = {}
+        self.last_curations = []
         active = {self.store.key(it.example_id): self.store.get(it.example_id) for it in items}
         if not active:
             active = {self.store.key(None): self.store.get(None)} if self.store.mode == "global" else {}
@@ -157,7 +158,6 @@ class ContextUpdater:
                 self._curator_messages(items[i], reflections[i], self.store.get(items[i].example_id)) for i in chosen
             ])
             ops_by_playbook: dict[str, list[dict[str, Any]]] = {}
-            self.last_curations = []
             for i, raw in zip(chosen, outputs, strict=True):
                 parsed = parse_curator(raw)
                 self.last_curations.append({"example_id": items[i].example_id, "output": raw, "ok": parsed.ok,

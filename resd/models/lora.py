@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
-
 import torch
 
 STUDENT_ADAPTER = "default"
@@ -33,10 +31,6 @@ def apply_lora(model: torch.nn.Module, r: int = 16, alpha: float = 32.0, dropout
     config = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
                              task_type="CAUSAL_LM")
     return peft.get_peft_model(model, config)
-
-
-def is_lora(model: torch.nn.Module) -> bool:
-    return hasattr(model, "peft_config") and STUDENT_ADAPTER in getattr(model, "peft_config", {})
 
 
 def adapter_parameters(model: torch.nn.Module, adapter: str) -> dict[str, torch.nn.Parameter]:
@@ -95,9 +89,3 @@ def load_adapters(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> Non
         raise KeyError(f"checkpoint lacks {len(missing)} adapter weights, e.g. {missing[0]}")
     for name, param in params.items():
         param.copy_(state[name].to(param.dtype))
-
-
-def trainable_summary(model: torch.nn.Module) -> dict[str, Any]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return {"trainable": trainable, "total": total}

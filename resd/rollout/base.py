@@ -14,6 +14,11 @@ def mix_seed(*parts: object) -> int:
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
+def sequence_seeds(prompt_seeds: Sequence[int], n: int) -> list[int]:
+    """One seed per sequence, grouped by prompt: sample ``j`` of prompt ``p`` gets ``mix_seed(seed_p, j)``."""
+    return [mix_seed(seed, j) for seed in prompt_seeds for j in range(n)]
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplingParams:
     """How responses are sampled. ``top_k=0`` disables top-k."""

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from resd.rollout.base import Rollout, SamplingParams, mix_seed
+from resd.rollout.base import Rollout, SamplingParams, mix_seed, sequence_seeds
 
 
 class _LogprobRecorder(LogitsProcessor):
@@ -98,7 +98,7 @@ class HFGenerator:
     def generate(self, prompts: Sequence[Sequence[int]], n: int, sampling: SamplingParams,
                  seeds: Sequence[int] | None = None) -> list[Rollout]:
         jobs = [(p, list(prompts[p])) for p in range(len(prompts)) for _ in range(n)]
-        row_seeds = [mix_seed(seeds[p], j) for p in range(len(prompts)) for j in range(n)] if seeds is not None else None
+        row_seeds = sequence_seeds(seeds, n) if seeds is not None else None
         out: list[Rollout] = []
         was_training = self.model.training
         self.model.eval()

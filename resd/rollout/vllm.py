@@ -25,18 +25,19 @@ from typing import Any
 
 import torch
 
-from resd.rollout.base import Rollout, SamplingParams, mix_seed
+from resd.rollout.base import Rollout, SamplingParams, sequence_seeds
 
 
 def request_plan(n_prompts: int, n: int, seeds: Sequence[int] | None) -> list[tuple[int, int, int | None]]:
     """One request per sequence: (prompt index, sample index, seed), grouped by prompt.
 
-    Each sequence gets its own seed (derived from its prompt's seed and its index, as the HF
-    backend does), so results do not depend on how prompts are batched or split across ranks.
+    Each sequence gets its own seed (:func:`~resd.rollout.base.sequence_seeds`, as in the HF
+    backend), so results do not depend on how prompts are batched or split across ranks.
     """
     if seeds is not None and len(seeds) != n_prompts:
         raise ValueError(f"got {len(seeds)} seeds for {n_prompts} prompts")
-    return [(p, j, None if seeds is None else mix_seed(seeds[p], j)) for p in range(n_prompts) for j in range(n)]
+    row_seeds = sequence_seeds(seeds, n) if seeds is not None else [None] * (n_prompts * n)
+    return [(p, j, row_seeds[p * n + j]) for p in range(n_prompts) for j in range(n)]
 
 
 def rollout_from_completion(prompt_index: int, completion: Any, stop_ids: Sequence[int]) -> Rollout:

@@ -66,15 +66,14 @@ class Teacher:
         teacher's logits; the context selects the LoRA adapter where there is one."""
         if not self.lora:
             return [(m, w, self._on_device(m) if m is self.module else nullcontext()) for m, w in self.models]
-        base = (self.student, 1.0 - self.rate if self.kind == "trust-region" else 1.0,
-                lora_lib.active_adapter(self.student, None))
+        student = self.student
         if self.kind == "live":
-            return [(self.student, 1.0, nullcontext())]
+            return [(student, 1.0, nullcontext())]
+        if self.kind == "ema":
+            return [(student, 1.0, lora_lib.active_adapter(student, lora_lib.TEACHER_ADAPTER))]
         if self.kind == "frozen":
-            return [base]
-        if self.kind == "trust-region":
-            return [base, (self.student, self.rate, nullcontext())]
-        return [(self.student, 1.0, lora_lib.active_adapter(self.student, lora_lib.TEACHER_ADAPTER))]
+            return [(student, 1.0, lora_lib.active_adapter(student, None))]
+        return [(student, 1.0 - self.rate, lora_lib.active_adapter(student, None)), (student, self.rate, nullcontext())]
 
     @contextmanager
     def _on_device(self, module: torch.nn.Module) -> Iterator[None]:

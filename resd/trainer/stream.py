@@ -164,7 +164,6 @@ class StreamTrainer(Trainer):
                        s.feedback.feedback or "", float(s.feedback.acc))
             for s in samples
         ]
-        self.updater.last_curations = []
         reflections, metrics = self.updater.update(items, self.text_generate)
         if self.updater.last_curations and self.dist.is_main:
             with (self.run_dir / "curation.jsonl").open("a", encoding="utf-8") as f:

@@ -144,8 +144,8 @@ class Trainer:
             if self.teacher is not None and cfg.teacher.kind not in ("ema", "frozen"):
                 raise ValueError(f"teacher.kind={cfg.teacher.kind} is not supported with several processes (use ema or frozen)")
             compute = DTYPES[cfg.model.precision]
-            # Generation uses an unsharded replica that receives the weights after every step.
-            rollout_model = copy.deepcopy(self.model).to(self.device, compute).requires_grad_(False)
+            if cfg.rollout.backend == "hf":  # HF generation uses an unsharded replica synced after each step
+                rollout_model = copy.deepcopy(self.model).to(self.device, compute).requires_grad_(False)
             param_dtype = compute if compute != torch.float32 else None
             shard_model(self.model, self.dist, param_dtype)
             if self.teacher is not None:
@@ -573,12 +573,10 @@ class Trainer:
     def after_step(self) -> None:
         """Periodic validation and checkpoints after a step."""
         every = self.config.eval.every_steps
-        validated = False
         if every and self.step % every == 0 and not self.config.uses_stream:
             self.validate()
-            validated = True
-        every = self.config.eval.every_rollouts
-        if every and self.rollouts_seen // every > self._last_val_rollouts // every and not validated:
+        every = self.config.eval.every_rollouts  # (a validation just above already moved the mark)
+        if every and self.rollouts_seen // every > self._last_val_rollouts // every:
             self.validate()
         every = self.config.logging.save_every
         if every and self.step % every == 0:
@@ -658,9 +656,10 @@ class Trainer:
 
     def save(self) -> Path | None:
         """Write a checkpoint (rank 0 writes; every rank takes part in gathering the shards)."""
-        student = full_state_dict(self.model, self.dist)
-        if self.lora:  # the frozen base weights come from model.name; keep the adapters only
-            student = {n: t for n, t in student.items() if "lora_" in n}
+        if self.lora:  # single-process only; the frozen base weights come from model.name
+            student = {n: p.detach().cpu() for n, p in self.model.named_parameters() if "lora_" in n}
+        else:
+            student = full_state_dict(self.model, self.dist)
         tensors = {"student": student}
         if self.teacher is not None and (self.teacher.module is not None or self.teacher.adapter):
             tensors["teacher"] = full_state_dict(self.teacher.module, self.dist) if self.dist.enabled else self.teacher.state_dict()
