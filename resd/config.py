@@ -201,6 +201,9 @@ class ResdConfig(Section):
     use_solution_in_teacher_prompt: bool = True
     feedback_only_without_solution: bool = True
     teacher_template: str | None = Field(None, description="'default', 'direct' (short answers) or a template file path")
+    context_prompts: Literal["default", "compact"] = Field(
+        "default", description="reflector/curator templates; 'compact': short JSON, used keys first (small policies)"
+    )
     max_section_chars: int | None = Field(8000, ge=100, description="cap on each long section of the teacher prompt")
     success_rate_weighting: bool = False
     success_rate_alpha: float = Field(1.0, ge=0)

@@ -312,8 +312,9 @@ def test_placeholder_lessons_copied_from_the_prompt_are_skipped():
         {"type": "ADD", "section": "others", "content": "Check the <EMPTY> branch of every puller."},
         {"type": "ADD", "section": "others", "content": "the lesson itself, one sentence"},  # brackets dropped
         {"type": "ADD", "section": "others", "content": "The Lesson itself - one sentence."},
+        {"type": "ADD", "section": "others", "content": "one-sentence lesson"},  # the compact curator's
         {"type": "ADD", "section": "others", "content": "Multiply the ones digits first; it fixes the lesson itself."},
     ])
-    assert summary.added == 2 and summary.skipped == 5
+    assert summary.added == 2 and summary.skipped == 6
     assert [b.content for b in pb.bullets()] == ["Check the <EMPTY> branch of every puller.",
                                                  "Multiply the ones digits first; it fixes the lesson itself."]

@@ -294,7 +294,7 @@ def test_random_json_values_never_raise():
 
 
 # ----------------------------------------------------------------------------- prompts
-@pytest.mark.parametrize("name", ["REFLECTOR", "SUCCESS_REFLECTOR", "CURATOR"])
+@pytest.mark.parametrize("name", sorted(prompts.PLACEHOLDERS))
 def test_templates_format_with_exactly_their_placeholders(name):
     import string as _string
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from resd.context.parsing import validate_operation
-from resd.context.prompts import CURATOR
+from resd.context.prompts import PROMPT_SETS
 from resd.context.playbook import BULLET_RE, Bullet, Playbook, Section, normalize_section, one_line
 
 Similarity = Callable[[str, str], float]
@@ -139,9 +139,11 @@ def _placeholder_words(text: str) -> str:
     return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
 
 
-# The curator prompt's own <placeholders>, which small models copy with or without the brackets
+# The curator prompts' own <placeholders>, which small models copy with or without the brackets
 # (seen in the efficacy benchmark: "the lesson itself, one sentence" added as a bullet).
-_PROMPT_PLACEHOLDERS = frozenset(_placeholder_words(p) for p in re.findall(r"<([^<>]+)>", CURATOR))
+_PROMPT_PLACEHOLDERS = frozenset(
+    _placeholder_words(p) for prompts in PROMPT_SETS.values() for p in re.findall(r"<([^<>]+)>", prompts.curator)
+)
 
 
 def add_bullet(playbook: Playbook, section: str, content: str, *, dedup: Dedup | None = None,

@@ -7,10 +7,13 @@ Filled with ``str.format``; literal JSON braces are doubled. Placeholders:
 - ``CURATOR``: playbook_stats (``json.dumps(stats, indent=2)``), recent_reflection (thinking
   removed), current_playbook, prompt.
 
-They are kept short and explicit so that a small (0.5B) policy can follow them.
+The ``*_COMPACT`` set (``resd.context_prompts=compact``) asks for the same JSON keys, the used ones
+first and one sentence each, for small policies with short output budgets.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 REFLECTOR = """\
 You are an expert analyst and teacher. A model tried the task below and failed. Use the \
@@ -128,9 +131,94 @@ Answer in this exact JSON format:
 }}
 """
 
-#: the placeholders each template must be formatted with
+# The compact set: for small policies (0.5B-1.5B) and short output budgets. The default set asks for
+# five free-text fields before the bullet tags and for the curator's reasoning before its operations;
+# a 0.5B model fills 64 tokens with the first field, so the JSON never closes and every curation is
+# dropped (BENCHMARKS.md, "Reflector and curator prompts for a small policy"). Here the part that is
+# used comes first and everything is one sentence long.
+REFLECTOR_COMPACT = """\
+A model answered the task below incorrectly. Read the environment feedback and write, in one \
+sentence each, the mistake and a general lesson that avoids it on similar tasks (not this task's \
+answer). Tag the playbook bullets the model relied on by their exact ids (helpful, harmful or \
+neutral); with no bullets, leave the list empty.
+
+**Task:**
+{prompt}
+
+**Model's answer:**
+{response}
+
+**Environment feedback:**
+{feedback}
+
+**Playbook:**
+{playbook}
+
+Reply with this JSON only, short:
+{{"key_insight": "<general lesson>", "error_identification": "<the mistake>", "bullet_tags": []}}
+"""
+
+SUCCESS_REFLECTOR_COMPACT = """\
+A model answered the task below correctly. Tag each playbook bullet by its exact id: "helpful" if \
+the answer followed it, "harmful" if it could mislead, "neutral" if it does not apply.
+
+**Task:**
+{prompt}
+
+**Model's answer:**
+{response}
+
+**Playbook:**
+{playbook}
+
+Reply with this JSON only, bullet tags first:
+{{"bullet_tags": [{{"id": "calc-00000", "tag": "helpful"}}], "reasoning": "<a few words>"}}
+"""
+
+CURATOR_COMPACT = """\
+You keep a playbook of short lessons for tasks like the one below. It will be read later WITHOUT \
+any feedback. From the reflection on a failed attempt, add at most one general lesson the playbook \
+does not have yet; add nothing if it would only restate this task's answer or an existing bullet.
+
+**Task:**
+{prompt}
+
+**Reflection:**
+{recent_reflection}
+
+**Playbook:**
+{current_playbook}
+
+Sections: strategies_and_insights, formulas_and_calculations, common_mistakes_to_avoid, \
+problem_solving_heuristics, others.
+
+Reply with this JSON only, operations first ("operations": [] when there is nothing to add):
+{{"operations": [{{"type": "ADD", "section": "common_mistakes_to_avoid", "content": "<one-sentence lesson>"}}], \
+"reasoning": "<a few words>"}}
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptSet:
+    """The three context-update templates used together (``resd.context_prompts``)."""
+
+    reflector: str
+    success_reflector: str
+    curator: str
+
+
+PROMPT_SETS: dict[str, PromptSet] = {
+    "default": PromptSet(REFLECTOR, SUCCESS_REFLECTOR, CURATOR),
+    "compact": PromptSet(REFLECTOR_COMPACT, SUCCESS_REFLECTOR_COMPACT, CURATOR_COMPACT),
+}
+
+#: the placeholders each template must be formatted with; the compact templates use a subset of
+#: them (``str.format`` ignores the values a template does not name)
 PLACEHOLDERS: dict[str, frozenset[str]] = {
     "REFLECTOR": frozenset({"prompt", "response", "feedback", "teacher_feedback", "playbook"}),
     "SUCCESS_REFLECTOR": frozenset({"prompt", "response", "playbook"}),
     "CURATOR": frozenset({"playbook_stats", "recent_reflection", "current_playbook", "prompt"}),
+    "REFLECTOR_COMPACT": frozenset({"prompt", "response", "feedback", "playbook"}),
+    "SUCCESS_REFLECTOR_COMPACT": frozenset({"prompt", "response", "playbook"}),
+    "CURATOR_COMPACT": frozenset({"recent_reflection", "current_playbook", "prompt"}),
 }

@@ -135,9 +135,12 @@ class ContextUpdater:
                     continue
                 tags += self.store.get(items[i].example_id).apply_tags(parsed.bullet_tags)
 
-        if cfg.tag_correct_samples and correct:
+        # A playbook without bullets has nothing to tag: its success reflections are skipped rather
+        # than generated and thrown away (the small policies of CPU runs keep the playbook empty long).
+        taggable = [i for i in correct if not self.store.get(items[i].example_id).is_empty()]
+        if cfg.tag_correct_samples and taggable:
             first_by_example: dict[str, int] = {}
-            for i in correct:
+            for i in taggable:
                 first_by_example.setdefault(items[i].example_id, i)
             chosen = list(first_by_example.values())
             outputs = generate([self._success_messages(items[i], self.store.get(items[i].example_id)) for i in chosen])

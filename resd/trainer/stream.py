@@ -21,6 +21,7 @@ import numpy as np
 
 from resd.config import Config
 from resd.context.parsing import strip_thinking
+from resd.context.prompts import PROMPT_SETS
 from resd.context.reprompt import split_prompt
 from resd.context.solution_buffer import select_solution
 from resd.context.teacher_prompt import TeacherPromptConfig, build_teacher_prompt, load_template
@@ -50,9 +51,12 @@ class StreamTrainer(Trainer):
         self.updater: ContextUpdater | None = None
         if self.is_resd:
             r = cfg.resd
+            prompts = PROMPT_SETS[r.context_prompts]
             self.updater = ContextUpdater(
                 UpdaterConfig(r.playbook_mode, r.concise_frequency, r.max_bullets, r.concise_method,
-                              r.concise_after_curation, r.tag_correct_samples, r.dedup_threshold),
+                              r.concise_after_curation, r.tag_correct_samples, r.dedup_threshold,
+                              reflector_template=prompts.reflector, success_reflector_template=prompts.success_reflector,
+                              curator_template=prompts.curator),
                 seed=cfg.seed,
             )
             self.text_generate = self._make_text_generator()
