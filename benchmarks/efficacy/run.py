@@ -31,7 +31,13 @@ from resd.config import deep_merge
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE / "configs"
 RESULTS = HERE / "results"
-METHODS = ("grpo", "sdpo", "sdpo-ss", "resd")
+METHODS = ("grpo", "sdpo", "sdpo-ss", "resd")  # the issue's four arms, run by default
+
+
+def defined_methods() -> list[str]:
+    """The four arms, then any extra arm of methods.yaml (e.g. a RESD variant), in file order."""
+    names = [m for m in yaml.safe_load((CONFIGS / "methods.yaml").read_text()) if "@" not in m]
+    return [*METHODS, *(m for m in names if m not in METHODS)]
 ACC_KEY = "val/acc/mean@{k}"
 
 
@@ -123,7 +129,7 @@ def load_results(task_dir: Path) -> dict[str, list[dict[str, Any]]]:
     for path in sorted(task_dir.glob("*-seed*.json")):
         result = json.loads(path.read_text())
         by_method.setdefault(result["method"], []).append(result)
-    return {m: by_method[m] for m in METHODS if m in by_method}
+    return {m: by_method[m] for m in defined_methods() if m in by_method}
 
 
 def curve(results: list[dict[str, Any]], field: str = "acc_mean") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -225,8 +231,8 @@ def main() -> None:
         for task in tasks:
             for seed in [int(s) for s in args.seeds.split(",")]:
                 for method in args.methods.split(","):
-                    if method not in METHODS:
-                        raise SystemExit(f"unknown method {method!r}; choose from {METHODS}")
+                    if method not in defined_methods():
+                        raise SystemExit(f"unknown method {method!r}; choose from {defined_methods()}")
                     run_one(task, method, seed, args.budget, Path(args.runs), args.overrides)
     for task in tasks:
         print("\n".join(summarize_task(task)))

@@ -1,0 +1,116 @@
+"""Do RESD's reflector and curator prompts work for a small policy? Default vs compact prompts at
+several output budgets, on real failures of the efficacy benchmark's arithmetic task.
+
+The embedded 0.5B model first answers training problems at T = 1.0 (the policy's own attempts, as
+in training); its failures then go through :class:`resd.context.updater.ContextUpdater` in batches
+of 8, exactly as in a RESD step, once per (prompt set, token budget) with the same sampling seeds.
+Reported per setting: reflections whose JSON parsed, curator outputs that passed validation (the
+rest drop all their operations), outputs cut by the token budget, the playbook's size after the
+batches, seconds per update, and the lessons it ended with.
+
+    python benchmarks/reflection_prompts.py [--problems 24] [--settings default:64,compact:64,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--problems", type=int, default=24, help="training problems the policy attempts")
+    parser.add_argument("--batch", type=int, default=8, help="failures per context update")
+    parser.add_argument("--settings", default="default:64,default:128,compact:64,compact:96",
+                        help="prompt set:max new tokens, comma-separated")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args()
+
+    from resd.context.prompts import PROMPT_SETS
+    from resd.context.updater import ContextUpdater, UpdaterConfig, UpdateItem
+    from resd.envs import load as load_env
+    from resd.models import chat_prompt_ids, load_model, load_tokenizer
+    from resd.rollout.base import SamplingParams
+    from resd.rollout.hf import HFGenerator
+    from resd.rollout.text import PolicyTextGenerator
+
+    tokenizer = load_tokenizer("embedded")
+    model = load_model("embedded", "bf16", tokenizer)
+    model.requires_grad_(False)
+    generator = HFGenerator(model, tokenizer, batch_size=8, record_logprobs=False)
+    # the efficacy benchmark's task (benchmarks/efficacy/configs/arithmetic.yaml)
+    env = load_env("arithmetic", op="mul", digits=[2, 2], n_train=512, n_test=64, feedback="answer", instruction="answer")
+    rows = env.load_split("train")[: args.problems]
+    prompts = [env.prompt_messages(row) for row in rows]
+    attempts = generator.generate([chat_prompt_ids(tokenizer, m)[0] for m in prompts], 1,
+                                  SamplingParams(1.0, 1.0, 0, 24), seeds=list(range(len(rows))))
+    items = []
+    for row, messages, rollout in zip(rows, prompts, attempts, strict=True):
+        text = tokenizer.decode(rollout.response_ids, skip_special_tokens=True)
+        fb = env.score(text, row, truncated=rollout.truncated)
+        items.append(UpdateItem(env.example_id(row), messages[-1]["content"], text, fb.feedback, fb.acc))
+    failures = [it for it in items if it.acc < 1.0]
+    batches = [failures[i : i + args.batch] for i in range(0, len(failures) - args.batch + 1, args.batch)]
+    print(f"{len(rows)} problems, {len(failures)} failed attempts, {len(batches)} updates of {args.batch} per setting")
+
+    # one short throw-away call so that the first timed setting does not pay the kernels' first use
+    PolicyTextGenerator(generator, tokenizer, SamplingParams(0.7, 0.95, 0, 8), 2048)(
+        [[{"role": "user", "content": PROMPT_SETS["default"].curator}]] * 2)
+
+    results = []
+    for setting in args.settings.split(","):
+        name, budget = setting.split(":")
+        prompt_set = PROMPT_SETS[name]
+        counter = itertools.count()
+        text_gen = PolicyTextGenerator(generator, tokenizer, SamplingParams(0.7, 0.95, 0, int(budget)), 2048,
+                                       seed_fn=lambda n, c=counter: [next(c) for _ in range(n)])
+        outputs: list[str] = []
+
+        def generate(conversations, text_gen=text_gen, outputs=outputs):
+            texts = text_gen(conversations)
+            outputs.extend(texts)
+            return texts
+
+        updater = ContextUpdater(UpdaterConfig(concise_frequency=None, max_bullets=20,
+                                               reflector_template=prompt_set.reflector,
+                                               success_reflector_template=prompt_set.success_reflector,
+                                               curator_template=prompt_set.curator))
+        reflected = reflector_failures = curations = curator_valid = 0
+        started = time.perf_counter()
+        for batch in batches:
+            _, metrics = updater.update(batch, generate)
+            reflected += int(metrics["reflection/count"])
+            reflector_failures += int(metrics["parse/reflector_failures"])
+            curations += len(updater.last_curations)
+            curator_valid += sum(c["ok"] for c in updater.last_curations)
+        seconds = (time.perf_counter() - started) / max(1, len(batches))
+        cut = sum(len(tokenizer.encode(t, add_special_tokens=False)) >= int(budget) for t in outputs)
+        lessons = [b.content for b in updater.playbook().bullets()]
+        results.append({"prompts": name, "max_new_tokens": int(budget), "reflections": reflected,
+                        "reflections_parsed": reflected - reflector_failures, "curations": curations,
+                        "curations_valid": curator_valid, "outputs": len(outputs), "outputs_cut": cut,
+                        "playbook_size": len(lessons), "seconds_per_update": round(seconds, 1), "lessons": lessons})
+        print(f"done {setting}: {results[-1]['curations_valid']}/{curations} valid curations, "
+              f"{len(lessons)} bullets, {seconds:.1f} s per update", flush=True)
+
+    print(f"\n| prompts | max new tokens | reflections parsed | curations valid | outputs cut at the budget "
+          f"| playbook bullets | s per update (x default:64) |")
+    print("|---|---|---|---|---|---|---|")
+    base = results[0]["seconds_per_update"] or 1.0
+    for r in results:
+        print(f"| {r['prompts']} | {r['max_new_tokens']} | {r['reflections_parsed']}/{r['reflections']} | "
+              f"{r['curations_valid']}/{r['curations']} | {r['outputs_cut']}/{r['outputs']} | {r['playbook_size']} | "
+              f"{r['seconds_per_update']} ({r['seconds_per_update'] / base:.2f}x) |")
+    for r in results:
+        print(f"\n{r['prompts']}:{r['max_new_tokens']} lessons:")
+        for lesson in r["lessons"]:
+            print(f"  - {lesson}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""The efficacy benchmark's runner: merged run configs, method list, and the summary arithmetic."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from resd.config import Config
+
+RUNNER = Path(__file__).resolve().parent.parent / "benchmarks" / "efficacy" / "run.py"
+
+
+@pytest.fixture(scope="module")
+def runner():
+    spec = importlib.util.spec_from_file_location("efficacy_run", RUNNER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("task", ["arithmetic", "manufactoria"])
+def test_every_arm_gives_a_valid_config_with_the_budget_in_whole_batches(runner, task):
+    for method in runner.defined_methods():
+        config, budget = runner.run_config(task, method, None)
+        parsed = Config.model_validate(config)  # the config `resd train` will load
+        rollouts_per_batch = parsed.train.batch_size * parsed.rollout.n * parsed.stream.inner_steps
+        assert parsed.stream.num_batches * rollouts_per_batch == budget
+        assert parsed.rollout.n == (8 if method == "grpo" else 1)
+
+
+def test_task_specific_settings_and_the_compact_arm(runner):
+    arith, _ = runner.run_config("arithmetic", "resd", None)
+    manuf, _ = runner.run_config("manufactoria", "resd", None)
+    assert arith["resd"]["teacher_template"] == "direct" and "teacher_template" not in manuf["resd"]
+    compact, _ = runner.run_config("arithmetic", "resd-compact", None)
+    assert compact["resd"]["context_prompts"] == "compact" and compact["resd"]["teacher_template"] == "direct"
+    # apart from the prompt set, the compact arm is the RESD arm
+    assert {**compact["resd"], "context_prompts": None} == {**arith["resd"], "context_prompts": None}
+    assert runner.defined_methods()[:4] == ["grpo", "sdpo", "sdpo-ss", "resd"]
+    with pytest.raises(SystemExit, match="not a multiple"):
+        runner.run_config("arithmetic", "grpo", 100)
+
+
+def test_first_reaching_and_curves(runner):
+    xs = np.array([0, 64, 128])
+    assert runner.first_reaching(xs, np.array([0.1, 0.25, 0.3]), 0.25) == 64
+    assert runner.first_reaching(xs, np.array([0.1, 0.2, 0.2]), 0.25) is None
+    results = [
+        {"points": [{"rollouts": 0, "acc_mean": 0.1, "elapsed_s": 0}, {"rollouts": 64, "acc_mean": 0.3, "elapsed_s": 60}]},
+        {"points": [{"rollouts": 0, "acc_mean": 0.2, "elapsed_s": 0}, {"rollouts": 32, "acc_mean": 0.9, "elapsed_s": 9},
+                    {"rollouts": 64, "acc_mean": 0.5, "elapsed_s": 80}]},
+    ]
+    common, values, times = runner.curve(results)
+    assert common.tolist() == [0, 64]  # only the rollout counts every seed has
+    assert values.tolist() == [[0.1, 0.3], [0.2, 0.5]] and times.tolist() == [[0, 60], [0, 80]]
+
+
+def test_summary_table_and_verdict(runner, tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "RESULTS", tmp_path)
+    task_dir = tmp_path / "toy"
+    task_dir.mkdir()
+    finals = {"grpo": [0.2, 0.4], "sdpo": [0.3, 0.3], "resd": [0.35, 0.45]}
+    for method, per_seed in finals.items():
+        for seed, final in enumerate(per_seed):
+            points = [{"rollouts": 0, "acc_mean": 0.1, "elapsed_s": 0.0},
+                      {"rollouts": 32, "acc_mean": final - 0.05, "elapsed_s": 30.0},
+                      {"rollouts": 128, "acc_mean": final, "elapsed_s": 120.0}]
+            (task_dir / f"{method}-seed{seed}.json").write_text(json.dumps(
+                {"method": method, "seed": seed, "eval_k": 2, "points": points}))
+    lines = runner.summarize_task("toy")
+    table = [line for line in lines if line.startswith("| resd ")]
+    assert table == ["| resd | 2 | 0.100 ± 0.000 | 0.350 ± 0.050 | 0.400 ± 0.050 | 2.0 min |"]
+    summary = json.loads((task_dir / "summary.json").read_text())
+    # GRPO ends at 0.3; RESD's mean is 0.35 at 32 rollouts = a quarter of 128: met
+    assert summary["verdict"]["grpo_final"] == pytest.approx(0.3)
+    assert summary["verdict"]["resd_rollouts_to_grpo_final"] == 32
+    assert summary["verdict"]["target_quarter_budget"] is True
+    assert summary["verdict"]["resd_beats_sdpo"] is True
+    assert (task_dir / "accuracy_vs_rollouts.png").read_bytes()[:4] == b"\x89PNG"
+    rows = (task_dir / "summary.csv").read_text().splitlines()
+    assert len(rows) == 1 + 3 * 2 * 3  # header + methods x seeds x points
