@@ -78,7 +78,8 @@ def main() -> None:
                                                reflector_template=prompt_set.reflector,
                                                success_reflector_template=prompt_set.success_reflector,
                                                curator_template=prompt_set.curator))
-        reflected = reflector_failures = curations = curator_valid = 0
+        reflected = reflector_failures = curations = curator_valid = proposed = added = 0
+        examples: list[str] = []
         started = time.perf_counter()
         for batch in batches:
             _, metrics = updater.update(batch, generate)
@@ -86,13 +87,18 @@ def main() -> None:
             reflector_failures += int(metrics["parse/reflector_failures"])
             curations += len(updater.last_curations)
             curator_valid += sum(c["ok"] for c in updater.last_curations)
+            proposed += sum(len(c["operations"]) for c in updater.last_curations)
+            added += int(metrics.get("playbook/added", 0))
+            examples += [c["output"] for c in updater.last_curations[:2]]
         seconds = (time.perf_counter() - started) / max(1, len(batches))
         cut = sum(len(tokenizer.encode(t, add_special_tokens=False)) >= int(budget) for t in outputs)
         lessons = [b.content for b in updater.playbook().bullets()]
         results.append({"prompts": name, "max_new_tokens": int(budget), "reflections": reflected,
                         "reflections_parsed": reflected - reflector_failures, "curations": curations,
-                        "curations_valid": curator_valid, "outputs": len(outputs), "outputs_cut": cut,
-                        "playbook_size": len(lessons), "seconds_per_update": round(seconds, 1), "lessons": lessons})
+                        "curations_valid": curator_valid, "operations_proposed": proposed, "bullets_added": added,
+                        "outputs": len(outputs), "outputs_cut": cut,
+                        "playbook_size": len(lessons), "seconds_per_update": round(seconds, 1), "lessons": lessons,
+                        "curator_output_examples": examples})
         print(f"done {setting}: {results[-1]['curations_valid']}/{curations} valid curations, "
               f"{len(lessons)} bullets, {seconds:.1f} s per update", flush=True)
 
