@@ -146,6 +146,20 @@ def first_reaching(xs: np.ndarray, mean: np.ndarray, target: float) -> int | Non
     return hits[0] if hits else None
 
 
+def table_lines(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], with_time: bool) -> list[str]:
+    """A markdown table: one row per method, mean ± std over seeds at each rollout count."""
+    xs_all = sorted({int(x) for xs, _, _ in curves.values() for x in xs})
+    header = "| method | seeds | " + " | ".join(f"{x} rollouts" for x in xs_all) + " |"
+    lines = [header + (" train time per run |" if with_time else ""),
+             "|" + "---|" * (len(xs_all) + 2 + with_time)]
+    for method, (xs, values, times) in curves.items():
+        mean, std = values.mean(axis=0), values.std(axis=0)
+        cells = [f"{mean[list(xs).index(x)]:.3f} ± {std[list(xs).index(x)]:.3f}" if x in xs else "" for x in xs_all]
+        time_cell = f" {times[:, -1].mean() / 60:.1f} min |" if with_time else ""
+        lines.append(f"| {method} | {len(values)} | " + " | ".join(cells) + " |" + time_cell)
+    return lines
+
+
 def summarize_task(task: str) -> list[str]:
     from resd.report.plots import seed_band_png
 
@@ -153,26 +167,24 @@ def summarize_task(task: str) -> list[str]:
     results = load_results(task_dir)
     if not results:
         return [f"no results for {task}"]
-    rows, lines = [], [f"### {task}", ""]
     curves = {m: curve(rs) for m, rs in results.items()}
-    xs_all = sorted({int(x) for xs, _, _ in curves.values() for x in xs})
-    header = "| method | seeds | " + " | ".join(f"{x} rollouts" for x in xs_all) + " | train time per run |"
-    lines += [header, "|" + "---|" * (len(xs_all) + 3)]
-    for method, (xs, values, times) in curves.items():
-        mean, std = values.mean(axis=0), values.std(axis=0)
-        cells = []
-        for x in xs_all:
-            if x in xs:
-                j = list(xs).index(x)
-                cells.append(f"{mean[j]:.3f} ± {std[j]:.3f}")
-            else:
-                cells.append("")
-        lines.append(f"| {method} | {len(values)} | " + " | ".join(cells) + f" | {times[:, -1].mean() / 60:.1f} min |")
-        for seed_result, seed_values in zip(results[method], values, strict=True):
-            for x, v in zip(xs, seed_values, strict=True):
-                rows.append({"task": task, "method": method, "seed": seed_result["seed"], "rollouts": int(x), "acc_mean": v})
+    lines = [f"### {task}", "", *table_lines(curves, with_time=True)]
+    # Tasks with partial credit (Manufactoria: the fraction of test tapes handled) get a second
+    # table: with a 0.5B model the all-or-nothing accuracy can stay at 0 for every method.
+    partial = all(p.get("test_case_mean") is not None for rs in results.values() for r in rs for p in r["points"])
+    partial = partial and any(p["test_case_mean"] != p["acc_mean"] for rs in results.values() for r in rs for p in r["points"])
+    case_curves = {m: curve(rs, "test_case_mean") for m, rs in results.items()} if partial else {}
+    if case_curves:
+        lines += ["", "Fraction of held-out test cases passed:", "", *table_lines(case_curves, with_time=False)]
+    rows = []
+    for method, (xs, values, _) in curves.items():
+        cases = case_curves[method][1] if case_curves else None
+        for i, seed_result in enumerate(results[method]):
+            for j, x in enumerate(xs):
+                rows.append({"task": task, "method": method, "seed": seed_result["seed"], "rollouts": int(x),
+                             "acc_mean": values[i, j], "test_case_mean": cases[i, j] if cases is not None else ""})
     with (task_dir / "summary.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["task", "method", "seed", "rollouts", "acc_mean"])
+        writer = csv.DictWriter(f, fieldnames=["task", "method", "seed", "rollouts", "acc_mean", "test_case_mean"])
         writer.writeheader()
         writer.writerows(rows)
     lines.append("")
