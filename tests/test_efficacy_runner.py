@@ -66,15 +66,15 @@ def test_summary_table_and_verdict(runner, tmp_path, monkeypatch):
     finals = {"grpo": [0.2, 0.4], "sdpo": [0.3, 0.3], "resd": [0.35, 0.45]}
     for method, per_seed in finals.items():
         for seed, final in enumerate(per_seed):
-            points = [{"rollouts": 0, "acc_mean": 0.1, "elapsed_s": 0.0, "test_case_mean": 0.5},
-                      {"rollouts": 32, "acc_mean": final - 0.05, "elapsed_s": 30.0, "test_case_mean": 0.5},
-                      {"rollouts": 128, "acc_mean": final, "elapsed_s": 120.0, "test_case_mean": 0.6 + seed / 10}]
+            points = [{"rollouts": 0, "acc_mean": 0.1, "elapsed_s": 0.0, "task_mean": 0.0},
+                      {"rollouts": 32, "acc_mean": final - 0.05, "elapsed_s": 30.0, "task_mean": 0.0},
+                      {"rollouts": 128, "acc_mean": final, "elapsed_s": 120.0, "task_mean": seed / 10}]
             (task_dir / f"{method}-seed{seed}.json").write_text(json.dumps(
                 {"method": method, "seed": seed, "eval_k": 2, "points": points}))
     lines = runner.summarize_task("toy")
     table = [line for line in lines if line.startswith("| resd ")]
     assert table == ["| resd | 2 | 0.100 ± 0.000 | 0.350 ± 0.050 | 0.400 ± 0.050 | 2.0 min |",  # accuracy
-                     "| resd | 2 | 0.500 ± 0.000 | 0.500 ± 0.000 | 0.650 ± 0.050 |"]  # test cases
+                     "| resd | 2 | 0.000 ± 0.000 | 0.000 ± 0.000 | 0.050 ± 0.050 |"]  # test cases
     summary = json.loads((task_dir / "summary.json").read_text())
     # GRPO ends at 0.3; RESD's mean is 0.35 at 32 rollouts = a quarter of 128: met
     assert summary["verdict"]["grpo_final"] == pytest.approx(0.3)
@@ -84,19 +84,19 @@ def test_summary_table_and_verdict(runner, tmp_path, monkeypatch):
     assert (task_dir / "accuracy_vs_rollouts.png").read_bytes()[:4] == b"\x89PNG"
     rows = (task_dir / "summary.csv").read_text().splitlines()
     assert len(rows) == 1 + 3 * 2 * 3  # header + methods x seeds x points
-    assert rows[0] == "task,method,seed,rollouts,acc_mean,test_case_mean"
-    # partial credit differs from accuracy here, so a second table follows the first
-    cases = lines[lines.index("Fraction of held-out test cases passed:") + 2:]
-    assert "| grpo | 2 | 0.500 ± 0.000 | 0.500 ± 0.000 | 0.650 ± 0.050 |" in cases
+    assert rows[0] == "task,method,seed,rollouts,acc_mean,solved_mean"
+    # accuracy is partial credit here (it differs from the solve rate), so a second table follows
+    cases = lines[lines.index("Held-out problems solved (every test case passed):") + 2:]
+    assert "| grpo | 2 | 0.000 ± 0.000 | 0.000 ± 0.000 | 0.050 ± 0.050 |" in cases
 
 
-def test_no_second_table_when_test_cases_equal_accuracy(runner, tmp_path, monkeypatch):
+def test_no_second_table_when_accuracy_is_the_solve_rate(runner, tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "RESULTS", tmp_path)
     (tmp_path / "toy").mkdir()
-    points = [{"rollouts": 0, "acc_mean": 0.1, "elapsed_s": 0.0, "test_case_mean": 0.1},
-              {"rollouts": 64, "acc_mean": 0.2, "elapsed_s": 60.0, "test_case_mean": 0.2}]
+    points = [{"rollouts": 0, "acc_mean": 0.1, "elapsed_s": 0.0, "task_mean": 0.1},
+              {"rollouts": 64, "acc_mean": 0.2, "elapsed_s": 60.0, "task_mean": 0.2}]
     (tmp_path / "toy" / "sdpo-seed0.json").write_text(json.dumps({"method": "sdpo", "seed": 0, "eval_k": 2, "points": points}))
     lines = runner.summarize_task("toy")
-    assert "Fraction of held-out test cases passed:" not in lines
+    assert "Held-out problems solved (every test case passed):" not in lines
     assert lines[2:5] == ["| method | seeds | 0 rollouts | 64 rollouts | train time per run |", "|---|---|---|---|---|",
                           "| sdpo | 1 | 0.100 ± 0.000 | 0.200 ± 0.000 | 1.0 min |"]

@@ -66,6 +66,7 @@ def extract(run_dir: Path, k: int) -> dict[str, Any]:
             points.append({"rollouts": int(row["progress/rollouts"]), "elapsed_s": round(row["progress/elapsed_s"], 1),
                            "acc_mean": row[ACC_KEY.format(k=k)], "acc_best": row.get(f"val/acc/best@{k}"),
                            "test_case_mean": row.get(f"val/test_case/mean@{k}"),
+                           "task_mean": row.get(f"val/task/mean@{k}"),
                            "response_length": row.get("val/response_length/mean")})
         elif "reward/mean" in row:
             train.append({key: row.get(key) for key in ("step", "progress/rollouts", "reward/mean", "loss/distill", "loss/pg",
@@ -169,22 +170,22 @@ def summarize_task(task: str) -> list[str]:
         return [f"no results for {task}"]
     curves = {m: curve(rs) for m, rs in results.items()}
     lines = [f"### {task}", "", *table_lines(curves, with_time=True)]
-    # Tasks with partial credit (Manufactoria: the fraction of test tapes handled) get a second
-    # table: with a 0.5B model the all-or-nothing accuracy can stay at 0 for every method.
-    partial = all(p.get("test_case_mean") is not None for rs in results.values() for r in rs for p in r["points"])
-    partial = partial and any(p["test_case_mean"] != p["acc_mean"] for rs in results.values() for r in rs for p in r["points"])
-    case_curves = {m: curve(rs, "test_case_mean") for m, rs in results.items()} if partial else {}
-    if case_curves:
-        lines += ["", "Fraction of held-out test cases passed:", "", *table_lines(case_curves, with_time=False)]
+    # Where accuracy is partial credit (Manufactoria: the fraction of test tapes handled), a second
+    # table gives the problems solved outright (every test passed), the sparse training reward.
+    points = [p for rs in results.values() for r in rs for p in r["points"]]
+    partial = all(p.get("task_mean") is not None for p in points) and any(p["task_mean"] != p["acc_mean"] for p in points)
+    solved_curves = {m: curve(rs, "task_mean") for m, rs in results.items()} if partial else {}
+    if solved_curves:
+        lines += ["", "Held-out problems solved (every test case passed):", "", *table_lines(solved_curves, with_time=False)]
     rows = []
     for method, (xs, values, _) in curves.items():
-        cases = case_curves[method][1] if case_curves else None
+        solved = solved_curves[method][1] if solved_curves else None
         for i, seed_result in enumerate(results[method]):
             for j, x in enumerate(xs):
                 rows.append({"task": task, "method": method, "seed": seed_result["seed"], "rollouts": int(x),
-                             "acc_mean": values[i, j], "test_case_mean": cases[i, j] if cases is not None else ""})
+                             "acc_mean": values[i, j], "solved_mean": solved[i, j] if solved is not None else ""})
     with (task_dir / "summary.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["task", "method", "seed", "rollouts", "acc_mean", "test_case_mean"])
+        writer = csv.DictWriter(f, fieldnames=["task", "method", "seed", "rollouts", "acc_mean", "solved_mean"])
         writer.writeheader()
         writer.writerows(rows)
     lines.append("")
