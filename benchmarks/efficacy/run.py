@@ -38,6 +38,8 @@ def defined_methods() -> list[str]:
     """The four arms, then any extra arm of methods.yaml (e.g. a RESD variant), in file order."""
     names = [m for m in yaml.safe_load((CONFIGS / "methods.yaml").read_text()) if "@" not in m]
     return [*METHODS, *(m for m in names if m not in METHODS)]
+
+
 ACC_KEY = "val/acc/mean@{k}"
 
 
