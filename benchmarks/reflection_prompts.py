@@ -60,19 +60,25 @@ def main() -> None:
     PolicyTextGenerator(generator, tokenizer, SamplingParams(0.7, 0.95, 0, 8), 2048)(
         [[{"role": "user", "content": PROMPT_SETS["default"].curator}]] * 2)
 
+    class Recording:
+        """The rollout backend, keeping each rollout so that cut outputs are counted exactly."""
+
+        def __init__(self) -> None:
+            self.rollouts: list = []
+
+        def generate(self, *args, **kwargs):
+            out = generator.generate(*args, **kwargs)
+            self.rollouts.extend(out)
+            return out
+
     results = []
     for setting in args.settings.split(","):
         name, budget = setting.split(":")
         prompt_set = PROMPT_SETS[name]
         counter = itertools.count()
-        text_gen = PolicyTextGenerator(generator, tokenizer, SamplingParams(0.7, 0.95, 0, int(budget)), 2048,
+        recording = Recording()
+        generate = PolicyTextGenerator(recording, tokenizer, SamplingParams(0.7, 0.95, 0, int(budget)), 2048,
                                        seed_fn=lambda n, c=counter: [next(c) for _ in range(n)])
-        outputs: list[str] = []
-
-        def generate(conversations, text_gen=text_gen, outputs=outputs):
-            texts = text_gen(conversations)
-            outputs.extend(texts)
-            return texts
 
         updater = ContextUpdater(UpdaterConfig(concise_frequency=None, max_bullets=20,
                                                reflector_template=prompt_set.reflector,
@@ -91,12 +97,12 @@ def main() -> None:
             added += int(metrics.get("playbook/added", 0))
             examples += [c["output"] for c in updater.last_curations[:2]]
         seconds = (time.perf_counter() - started) / max(1, len(batches))
-        cut = sum(len(tokenizer.encode(t, add_special_tokens=False)) >= int(budget) for t in outputs)
+        cut = sum(r.truncated for r in recording.rollouts)
         lessons = [b.content for b in updater.playbook().bullets()]
         results.append({"prompts": name, "max_new_tokens": int(budget), "reflections": reflected,
                         "reflections_parsed": reflected - reflector_failures, "curations": curations,
                         "curations_valid": curator_valid, "operations_proposed": proposed, "bullets_added": added,
-                        "outputs": len(outputs), "outputs_cut": cut,
+                        "outputs": len(recording.rollouts), "outputs_cut": cut,
                         "playbook_size": len(lessons), "seconds_per_update": round(seconds, 1), "lessons": lessons,
                         "curator_output_examples": examples})
         print(f"done {setting}: {results[-1]['curations_valid']}/{curations} valid curations, "

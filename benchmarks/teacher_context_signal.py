@@ -82,8 +82,8 @@ def main() -> None:
             ids = chat_prompt_ids(tokenizer, msgs)[0]
             total, first = response_logprob(model, ids, target)
             top_is_target = int(first.argmax()) == target[0]
-            wrong, _ = response_logprob(model, ids, attempt_ids)
-            stats.setdefault(name, []).append((total, top_is_target, float(first[opener].exp()), wrong))
+            attempt_logp, _ = response_logprob(model, ids, attempt_ids)
+            stats.setdefault(name, []).append((total, top_is_target, float(first[opener].exp()), attempt_logp))
     print(f"{len(rows)} problems, embedded model (bf16); target = '<answer>GOLD</answer>' + end of turn; "
           "attempt = the wrong previous answer + end of turn")
     print(f"{'context':<22} {'mean log P(target)':>19} {'gain':>8} {'first token = target':>21} "
