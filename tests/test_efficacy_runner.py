@@ -81,6 +81,8 @@ def test_summary_table_and_verdict(runner, tmp_path, monkeypatch):
     assert summary["verdict"]["resd_rollouts_to_grpo_final"] == 32
     assert summary["verdict"]["target_quarter_budget"] is True
     assert summary["verdict"]["resd_beats_sdpo"] is True
+    assert "- GRPO's final held-out accuracy: 0.300; RESD's mean first reaches it at 32 rollouts " \
+           "(target: at most 32): met." in lines
     assert (task_dir / "accuracy_vs_rollouts.png").read_bytes()[:4] == b"\x89PNG"
     rows = (task_dir / "summary.csv").read_text().splitlines()
     assert len(rows) == 1 + 3 * 2 * 3  # header + methods x seeds x points
@@ -100,3 +102,18 @@ def test_no_second_table_when_accuracy_is_the_solve_rate(runner, tmp_path, monke
     assert "Held-out problems solved (every test case passed):" not in lines
     assert lines[2:5] == ["| method | seeds | 0 rollouts | 64 rollouts | train time per run |", "|---|---|---|---|---|",
                           "| sdpo | 1 | 0.100 ± 0.000 | 0.200 ± 0.000 | 1.0 min |"]
+
+
+def test_verdict_when_resd_never_reaches_grpo(runner, tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "RESULTS", tmp_path)
+    (tmp_path / "toy").mkdir()
+    for method, final in {"grpo": 0.4, "sdpo": 0.3, "resd": 0.2}.items():
+        points = [{"rollouts": 0, "acc_mean": 0.1, "elapsed_s": 0.0}, {"rollouts": 64, "acc_mean": final, "elapsed_s": 60.0}]
+        (tmp_path / "toy" / f"{method}-seed0.json").write_text(json.dumps(
+            {"method": method, "seed": 0, "eval_k": 2, "points": points}))
+    lines = runner.summarize_task("toy")
+    assert "- GRPO's final held-out accuracy: 0.400; RESD's mean never reaches it within the budget " \
+           "(target: at most 16): not met." in lines
+    assert "- Final accuracy RESD 0.200 vs SDPO 0.300: RESD not higher." in lines
+    verdict = json.loads((tmp_path / "toy" / "summary.json").read_text())["verdict"]
+    assert verdict["resd_rollouts_to_grpo_final"] is None and verdict["resd_beats_sdpo"] is False

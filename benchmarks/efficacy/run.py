@@ -200,8 +200,8 @@ def summarize_task(task: str) -> list[str]:
         verdict["grpo_final"] = grpo_final
         verdict["resd_rollouts_to_grpo_final"] = reach
         verdict["target_quarter_budget"] = bool(reach is not None and reach <= gx[-1] / 4)
-        lines.append(f"- GRPO's final held-out accuracy: {grpo_final:.3f}; RESD's mean first reaches it at "
-                     f"{reach if reach is not None else 'never (within the budget)'} rollouts "
+        reached = f"first reaches it at {reach} rollouts" if reach is not None else "never reaches it within the budget"
+        lines.append(f"- GRPO's final held-out accuracy: {grpo_final:.3f}; RESD's mean {reached} "
                      f"(target: at most {int(gx[-1] / 4)}): {'met' if verdict['target_quarter_budget'] else 'not met'}.")
     if "sdpo" in curves and "resd" in curves:
         s_final = float(curves["sdpo"][1].mean(axis=0)[-1])
