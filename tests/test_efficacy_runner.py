@@ -74,7 +74,7 @@ def test_summary_table_and_verdict(runner, tmp_path, monkeypatch):
     lines = runner.summarize_task("toy")
     table = [line for line in lines if line.startswith("| resd ")]
     assert table == ["| resd | 2 | 0.100 ± 0.000 | 0.350 ± 0.050 | 0.400 ± 0.050 | 2.0 min |",  # accuracy
-                     "| resd | 2 | 0.000 ± 0.000 | 0.000 ± 0.000 | 0.050 ± 0.050 |"]  # test cases
+                     "| resd | 2 | 0.000 ± 0.000 | 0.000 ± 0.000 | 0.050 ± 0.050 |"]  # problems solved
     summary = json.loads((task_dir / "summary.json").read_text())
     # GRPO ends at 0.3; RESD's mean is 0.35 at 32 rollouts = a quarter of 128: met
     assert summary["verdict"]["grpo_final"] == pytest.approx(0.3)

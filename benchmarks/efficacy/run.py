@@ -157,7 +157,8 @@ def table_lines(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], wi
              "|" + "---|" * (len(xs_all) + 2 + with_time)]
     for method, (xs, values, times) in curves.items():
         mean, std = values.mean(axis=0), values.std(axis=0)
-        cells = [f"{mean[list(xs).index(x)]:.3f} ± {std[list(xs).index(x)]:.3f}" if x in xs else "" for x in xs_all]
+        column = {int(x): j for j, x in enumerate(xs)}
+        cells = [f"{mean[column[x]]:.3f} ± {std[column[x]]:.3f}" if x in column else "" for x in xs_all]
         time_cell = f" {times[:, -1].mean() / 60:.1f} min |" if with_time else ""
         lines.append(f"| {method} | {len(values)} | " + " | ".join(cells) + " |" + time_cell)
     return lines
