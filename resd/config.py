@@ -93,6 +93,10 @@ class TrainConfig(Section):
     grad_clip: float | None = Field(1.0, gt=0)
     rollout_is_threshold: float | None = Field(2.0, gt=0, description="truncated IS for sampler/trainer mismatch; None: off")
     max_nonfinite_steps: int = Field(5, ge=1, description="consecutive non-finite steps before the run stops")
+    skip_zero_advantage: bool = Field(
+        True, description="leave samples with no loss (zero GRPO advantage, no distillation target) out of the "
+        "forward/backward; the optimizer step is the same"
+    )
 
 
 class LossConfig(Section):

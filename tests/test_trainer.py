@@ -60,6 +60,47 @@ def test_grpo_gradient_on_controlled_rewards(tiny_config):
     assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
 
 
+def test_zero_advantage_samples_are_left_out_without_changing_the_steps(tiny_config, tmp_path):
+    """Skipping samples that carry no loss gives the weights of the full forward/backward.
+
+    Step 1 has one group with mixed rewards and one with equal rewards (zero advantages); step 2
+    has only equal rewards, so nothing runs a backward and the step must still move the weights
+    by Adam's momentum, as the zero gradient of a zero loss does.
+    """
+    import copy
+
+    trainers, samples = {}, None
+    for skip in (True, False):
+        trainers[skip] = Trainer(tiny_config("algorithm=grpo", "loss.pg_weight=1.0", f"train.skip_zero_advantage={skip}",
+                                             f"logging.run_dir={tmp_path / str(skip)}"))
+    start = _params(trainers[True].model)
+    assert all(torch.equal(start[n], p) for n, p in trainers[False].model.named_parameters())
+    samples, _ = trainers[True].collect(trainers[True].data.next_batch(2))
+    first = min(s.group for s in samples)
+    for k, s in enumerate(samples):
+        s.feedback.score = float(k % 2) if s.group == first else 1.0
+    after, counts = {}, {}
+    for skip, trainer in trainers.items():
+        batch = copy.deepcopy(samples)
+        trainer.prepare_update(batch)
+        counts[skip] = [trainer.optimize(batch)["actor/update_samples"]]
+        after[skip] = [_params(trainer.model)]
+        for s in batch:
+            s.feedback.score = 0.0
+        trainer.prepare_update(batch)
+        assert {s.advantage for s in batch} == {0.0}
+        counts[skip].append(trainer.optimize(batch)["actor/update_samples"])
+        after[skip].append(_params(trainer.model))
+    n_group = sum(s.group == first for s in samples)
+    assert counts == {True: [n_group, 0], False: [len(samples), len(samples)]}
+    # Adam's m / sqrt(v) turns float32 summation-order noise on near-zero gradients into up to
+    # about 1e-6 of weight; a left-out sample with a real gradient would move weights by ~lr = 1e-3
+    for step in (0, 1):
+        for name in start:
+            torch.testing.assert_close(after[True][step][name], after[False][step][name], rtol=0, atol=1e-5)
+    assert any(not torch.equal(after[True][0][n], after[True][1][n]) for n in start)  # momentum moved step 2
+
+
 def test_mixed_objective_and_off_policy_mini_batches(tiny_config):
     cfg = tiny_config("loss.pg_weight=0.5", "train.mini_batch_size=1", "train.steps=1", "train.batch_size=2")
     trainer = Trainer(cfg)

@@ -43,6 +43,16 @@ class MasterWeightAdamW:
             for m in self.master:
                 m.grad = None
 
+    def fill_zero_grads(self) -> None:
+        """Give parameters without a gradient a zero one, as a backward through a zero loss would.
+
+        AdamW skips parameters whose gradient is None, while a zero gradient still moves them by
+        momentum and weight decay.
+        """
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+
     def clip_and_check(self, max_norm: float | None) -> float:
         """Move gradients to the masters, clip them, and return the pre-clip norm (inf/nan if not finite)."""
         if self.mixed:

@@ -318,12 +318,24 @@ class Trainer:
         contiguous share, and ranks with fewer micro-batches run zero-weight dummies so that every
         rank makes the same FSDP calls.
         """
-        active = [s for s in mini[self.dist.share(len(mini))] if self.pg_weight > 0 or s.sd_mask]
+        active = [s for s in mini[self.dist.share(len(mini))] if self._carries_loss(s)]
         micros = [(m, False) for m in self._micro_batches(active)]
         if self.dist.enabled:
             target = self.dist.all_reduce_max(len(micros))
             micros += [([mini[0]], True)] * (target - len(micros))
         return micros
+
+    def _carries_loss(self, s: Sample) -> bool:
+        """Whether a sample adds to the loss: a distillation target, or a non-zero advantage.
+
+        A zero advantage gives a policy-gradient term and gradient of exactly zero, and the token
+        weights are normalized over the whole mini-batch before it is split, so leaving such a
+        sample out changes nothing but the time (GRPO groups whose rollouts all got the same
+        reward are common when a task is too hard or too easy).
+        """
+        if self.pg_weight < 1.0 and s.sd_mask:
+            return True
+        return self.pg_weight > 0.0 and (s.advantage != 0.0 or not self.config.train.skip_zero_advantage)
 
     def _vllm_generator(self):
         from resd.models.loading import resolve_model_path
@@ -455,7 +467,10 @@ class Trainer:
             wsd = token_weights(resp_mask * sd, seq_w, cfg.loss.aggregation)
             wpg = token_weights(resp_mask, None, cfg.loss.pg_aggregation, norm_length=cfg.rollout.max_new_tokens)
             index = {id(s): i for i, s in enumerate(mini)}
-            for micro, dummy in self._local_micro_batches(mini):
+            micros = self._local_micro_batches(mini)
+            if not micros:  # no sample carries a loss on any rank: step as on the zero gradient of a zero loss
+                self.optimizer.fill_zero_grads()
+            for micro, dummy in micros:
                 rows = [index[id(s)] for s in micro]
                 zero = [torch.zeros(lengths[r]) for r in rows]
                 loss, stats = self._micro_loss(
@@ -468,6 +483,7 @@ class Trainer:
                 # ranks, so scaling by the world size makes the step the sum over all samples
                 (loss * self.dist.world).backward()
                 if not dummy:
+                    stats["samples"] = float(len(micro))
                     for k, v in stats.items():
                         totals[k] = totals.get(k, 0.0) + v
             norm = self.optimizer.clip_and_check(cfg.train.grad_clip)
@@ -496,8 +512,10 @@ class Trainer:
             "actor/lr": float(self.scheduler.get_last_lr()[0]),
             "actor/nonfinite_steps": float(skipped),
             "actor/optimizer_steps": float(len(minis) - skipped),
-            "actor/tis_mean": totals.get("tis_sum", 0.0) / max(1.0, totals.get("tokens", 0.0)),
+            "actor/update_samples": totals.get("samples", 0.0),
         }
+        if totals.get("tokens", 0.0) > 0:
+            metrics["actor/tis_mean"] = totals["tis_sum"] / totals["tokens"]
         if self.pg_weight < 1.0:
             metrics["loss/distill"] = totals.get("distill", 0.0) / n_mini
             metrics["self_distillation/divergence_mean"] = totals.get("div_sum", 0.0) / max(1.0, totals.get("div_tokens", 0.0))
