@@ -156,6 +156,10 @@ class EvalConfig(Section):
     temperature: float = Field(0.6, gt=0)
     top_p: float = Field(0.95, gt=0, le=1)
     max_new_tokens: int | None = Field(None, ge=1, description="None: rollout.max_new_tokens")
+    common_seeds: bool = Field(
+        False, description="sample every evaluation with the same seeds (those of step 0): a change between "
+        "evaluations then comes from the model, not from a new draw (needs rollout.seeded)"
+    )
     success_threshold: float = Field(1.0, description="score counted as solved for pass@k")
     best_metric: str = Field("task/mean", description="metric (without @k) whose maximum marks the best checkpoint")
 

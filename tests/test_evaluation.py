@@ -71,6 +71,22 @@ def test_validation_during_training_writes_files_and_keeps_the_best(tiny_config)
     assert len(val_lines) == 2
 
 
+@pytest.mark.parametrize("common", [True, False])
+def test_common_seeds_repeat_the_draw_of_an_unchanged_model(tiny_config, common):
+    """With eval.common_seeds two evaluations of the same weights give the same samples; without, new draws."""
+    from resd.trainer import build_trainer
+
+    trainer = build_trainer(tiny_config("eval.k=2", "data.val_limit=3", f"eval.common_seeds={common}",
+                                        "eval.save_best=false", "eval.temperature=1.0"))
+    responses = []
+    for step in (0, 3):
+        trainer.step = step
+        trainer.validate()
+        rows = (trainer.run_dir / "eval" / f"step-{step:06d}_samples.jsonl").read_text().splitlines()
+        responses.append([json.loads(x)["response"] for x in rows])
+    assert (responses[0] == responses[1]) is common
+
+
 def test_eval_cli_on_manufactoria_and_arithmetic_writes_the_expected_files(tmp_path, capsys):
     from resd.cli import main
 

@@ -647,7 +647,7 @@ class Trainer:
             result = evaluate(self.env, self.validation_rows(), self.generator, self.tokenizer, sampling, e.k,
                               success_threshold=e.success_threshold, max_prompt_length=cfg.data.max_prompt_length,
                               chat_template_kwargs=cfg.model.chat_template_kwargs,
-                              seed=mix_seed(cfg.seed, self.step, "eval") if cfg.rollout.seeded else None)
+                              seed=mix_seed(cfg.seed, 0 if e.common_seeds else self.step, "eval") if cfg.rollout.seeded else None)
             result.write(self.run_dir / "eval", f"step-{self.step:06d}")
             summary = result.summary
         summary = self.dist.all_gather(summary)[0]
