@@ -69,7 +69,7 @@ def test_zero_advantage_samples_are_left_out_without_changing_the_steps(tiny_con
     """
     import copy
 
-    trainers, samples = {}, None
+    trainers = {}
     for skip in (True, False):
         trainers[skip] = Trainer(tiny_config("algorithm=grpo", "loss.pg_weight=1.0", f"train.skip_zero_advantage={skip}",
                                              f"logging.run_dir={tmp_path / str(skip)}"))

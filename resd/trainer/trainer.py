@@ -443,7 +443,7 @@ class Trainer:
             pg = (torch.cat(w_pg).to(dev) * tis * per_tok).sum()
             loss = loss + self.pg_weight * pg
             stats.update(pg=float(pg.detach()), clipped=float(clipped.sum()))
-        stats.update(tis_sum=float(tis.sum()), tokens=float(ids.numel()))
+        stats.update(tis_sum=float(tis.sum()), tokens=float(ids.numel()), samples=float(len(micro)))
         return loss, stats
 
     def optimize(self, samples: list[Sample]) -> dict[str, float]:
@@ -483,7 +483,6 @@ class Trainer:
                 # ranks, so scaling by the world size makes the step the sum over all samples
                 (loss * self.dist.world).backward()
                 if not dummy:
-                    stats["samples"] = float(len(micro))
                     for k, v in stats.items():
                         totals[k] = totals.get(k, 0.0) + v
             norm = self.optimizer.clip_and_check(cfg.train.grad_clip)
