@@ -117,3 +117,44 @@ def test_verdict_when_resd_never_reaches_grpo(runner, tmp_path, monkeypatch):
     assert "- Final accuracy RESD 0.200 vs SDPO 0.300: RESD not higher." in lines
     verdict = json.loads((tmp_path / "toy" / "summary.json").read_text())["verdict"]
     assert verdict["resd_rollouts_to_grpo_final"] is None and verdict["resd_beats_sdpo"] is False
+
+
+def test_per_problem_samples_are_kept_attached_and_compared_in_pairs(runner, tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "RESULTS", tmp_path / "results")
+    # a finished run's files: the evaluation rows of steps 0 and 2 (samples written out of order)
+    run_dir = tmp_path / "runs" / "sdpo-seed0"
+    (run_dir / "eval").mkdir(parents=True)
+    metrics = [{"step": 0, "progress/rollouts": 0, "progress/elapsed_s": 0.0, "val/acc/mean@2": 0.25},
+               {"step": 1, "progress/rollouts": 4, "reward/mean": 0.0},
+               {"step": 2, "progress/rollouts": 8, "progress/elapsed_s": 50.0, "val/acc/mean@2": 0.5}]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    evals = {0: [("p", 1, 0.5), ("p", 0, 0.0), ("q", 0, 0.5), ("q", 1, 0.0)],
+             2: [("p", 0, 1.0), ("p", 1, 0.5), ("q", 0, 0.5), ("q", 1, 0.0)]}
+    for step, rows in evals.items():
+        (run_dir / "eval" / f"step-{step:06d}_samples.jsonl").write_text(
+            "".join(json.dumps({"example_id": p, "sample": i, "acc": a}) + "\n" for p, i, a in rows))
+    points = runner.extract(run_dir, 2)["points"]
+    assert [p["samples"] for p in points] == [{"p": [0.0, 0.5], "q": [0.5, 0.0]}, {"p": [1.0, 0.5], "q": [0.5, 0.0]}]
+    # a result written without samples gets them from its run directory; a run sharing its rollout-0
+    # point gets that point's samples from the run that measured it
+    task_dir = tmp_path / "results" / "toy"
+    task_dir.mkdir(parents=True)
+    bare = [{k: v for k, v in p.items() if k != "samples"} for p in points]
+    (task_dir / "sdpo-seed0.json").write_text(json.dumps({"method": "sdpo", "seed": 0, "eval_k": 2, "points": bare}))
+    runner.attach_samples("toy", run_dir)
+    unchanged = {"p": [0.0, 0.5], "q": [0.5, 0.0]}
+    resd = [{**bare[0], "shared": True}, {"rollouts": 8, "acc_mean": 0.25, "elapsed_s": 90.0, "samples": unchanged}]
+    (task_dir / "resd-seed0.json").write_text(json.dumps({"method": "resd", "seed": 0, "eval_k": 2, "points": resd}))
+    grpo = [{**bare[0], "shared": True}, {**bare[1], "samples": None}]  # a run without samples: left out
+    (task_dir / "grpo-seed0.json").write_text(json.dumps({"method": "grpo", "seed": 0, "eval_k": 2, "points": grpo}))
+    runner.attach_samples("toy", tmp_path / "runs" / "resd-seed0")  # no run directory needed: only the shared point
+    assert json.loads((task_dir / "resd-seed0.json").read_text())["points"][0]["samples"] == unchanged
+    rows = {r["comparison"]: r for r in runner.paired_comparisons(runner.load_results(task_dir))}
+    assert set(rows) == {"sdpo: 8 vs 0 rollouts", "resd: 8 vs 0 rollouts", "resd - sdpo at 8 rollouts"}
+    # sdpo: problem p rose from 0.25 to 0.75, q stayed: +0.25 on average; resd did not move
+    assert rows["sdpo: 8 vs 0 rollouts"]["difference"] == pytest.approx(0.25)
+    assert rows["sdpo: 8 vs 0 rollouts"]["problems"] == 2 and rows["sdpo: 8 vs 0 rollouts"]["seeds"] == 1
+    assert (rows["resd: 8 vs 0 rollouts"]["low"], rows["resd: 8 vs 0 rollouts"]["high"]) == (0.0, 0.0)
+    assert rows["resd - sdpo at 8 rollouts"]["difference"] == pytest.approx(-0.25)
+    lines = runner.summarize_task("toy")
+    assert "| resd - sdpo at 8 rollouts | 1 | 2 | -0.250 | [-0.500, +0.000] |" in lines

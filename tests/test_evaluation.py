@@ -6,9 +6,10 @@ import itertools
 import json
 import math
 
+import numpy as np
 import pytest
 
-from resd.evaluation import best_at_k, best_at_k_bootstrap, mean_at_k, mean_pass_at_k, pass_at_k
+from resd.evaluation import best_at_k, best_at_k_bootstrap, mean_at_k, mean_pass_at_k, paired_difference, pass_at_k
 
 
 def test_mean_and_best_by_hand():
@@ -27,6 +28,29 @@ def test_bootstrap_best_is_below_the_literal_max_and_converges():
     assert boot < best_at_k(values)
     assert best_at_k_bootstrap([[1, 1]], k=2) == 1.0 and best_at_k_bootstrap([[0, 0]], k=2) == 0.0
     assert best_at_k_bootstrap(values, 4, seed=42) == best_at_k_bootstrap(values, 4, seed=42)
+
+
+def test_paired_difference_by_hand_and_against_the_normal_approximation():
+    a = {"p": [0.0, 1.0], "q": [0.5, 0.5], "only_a": [1.0]}
+    b = {"p": [1.0, 1.0], "q": [0.0, 0.5], "only_b": [1.0]}
+    result = paired_difference(a, b)
+    assert result.prompts == 2 and result.mean == pytest.approx((0.5 - 0.25) / 2)
+    assert -0.25 <= result.low < result.mean < result.high <= 0.5  # resampled means lie between the extremes
+    # a shift that is the same on every prompt has no spread; an unchanged model gives exactly 0
+    shifted = paired_difference({"p": [0.2], "q": [0.4]}, {"p": [0.3], "q": [0.5]})
+    assert (shifted.low, shifted.high) == pytest.approx((0.1, 0.1)) and shifted.mean == pytest.approx(0.1)
+    assert tuple(paired_difference(a, a))[:3] == (0.0, 0.0, 0.0)
+    # many prompts: the percentile interval approaches mean +- 1.96 standard errors
+    diffs = np.random.default_rng(1).normal(0.2, 1.0, size=400)
+    many = paired_difference({str(i): [0.0] for i in range(400)}, {str(i): [d] for i, d in enumerate(diffs)})
+    half_width = 1.96 * diffs.std() / np.sqrt(len(diffs))
+    assert many.mean == pytest.approx(diffs.mean())
+    assert (many.high - many.low) / 2 == pytest.approx(half_width, rel=0.1)
+    assert (many.low + many.high) / 2 == pytest.approx(diffs.mean(), abs=0.2 * half_width)
+    with pytest.raises(ValueError, match="no prompt"):
+        paired_difference({"p": [1.0]}, {"q": [1.0]})
+    with pytest.raises(ValueError, match="level"):
+        paired_difference(a, b, level=1.0)
 
 
 def _pass_at_k_by_enumeration(n, c, k):

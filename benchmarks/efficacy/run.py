@@ -4,7 +4,8 @@ Each (task, method, seed) is one ``resd train`` run in its own process (so memor
 between runs); its held-out accuracy at fixed rollout counts is copied into a small JSON file in
 ``benchmarks/efficacy/results/<task>/``. Finished runs are skipped, so the benchmark can be run task
 by task, stopped and continued. ``--summarize`` turns the JSON files into ``summary.csv``,
-``summary.md`` and curves (mean over seeds with the min-max band).
+``summary.md`` (with paired differences between evaluations, where the runs kept their per-problem
+sample accuracies) and curves (mean over seeds with the min-max band).
 
     python benchmarks/efficacy/run.py --task arithmetic            # 4 methods x 3 seeds
     python benchmarks/efficacy/run.py --task manufactoria --methods resd --seeds 0
@@ -27,6 +28,7 @@ import numpy as np
 import yaml
 
 from resd.config import deep_merge
+from resd.evaluation.metrics import paired_difference
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE / "configs"
@@ -59,8 +61,22 @@ def run_config(task: str, method: str, budget: int | None) -> tuple[dict[str, An
     return config, budget
 
 
+def eval_samples(run_dir: Path, step: int) -> dict[str, list[float]] | None:
+    """Per held-out problem, the ``acc`` of each of its samples in the evaluation at ``step`` (for the
+    paired comparisons of the summary), or None when the run kept no sample file for that step."""
+    path = run_dir / "eval" / f"step-{step:06d}_samples.jsonl"
+    if not path.exists():
+        return None
+    by_problem: dict[str, list[tuple[int, float]]] = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        by_problem.setdefault(row["example_id"], []).append((row["sample"], round(float(row["acc"]), 4)))
+    return {problem: [acc for _, acc in sorted(samples)] for problem, samples in by_problem.items()}
+
+
 def extract(run_dir: Path, k: int) -> dict[str, Any]:
-    """Held-out accuracy points and training statistics from a finished run's metrics.jsonl."""
+    """Held-out accuracy points (with per-problem sample accuracies) and training statistics from a
+    finished run's metrics.jsonl and evaluation files."""
     points, train = [], []
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
@@ -69,7 +85,8 @@ def extract(run_dir: Path, k: int) -> dict[str, Any]:
                            "acc_mean": row[ACC_KEY.format(k=k)], "acc_best": row.get(f"val/acc/best@{k}"),
                            "test_case_mean": row.get(f"val/test_case/mean@{k}"),
                            "task_mean": row.get(f"val/task/mean@{k}"),
-                           "response_length": row.get("val/response_length/mean")})
+                           "response_length": row.get("val/response_length/mean"),
+                           "samples": eval_samples(run_dir, int(row["step"]))})
         elif "reward/mean" in row:
             train.append({key: row.get(key) for key in ("step", "progress/rollouts", "reward/mean", "loss/distill", "loss/pg",
                                                         "actor/grad_norm", "playbook/size", "time/step_s")})
@@ -126,6 +143,24 @@ def shared_base_point(task: str, seed: int) -> dict[str, Any] | None:
     return None
 
 
+def attach_samples(task: str, run_dir: Path) -> Path:
+    """Add the per-problem sample accuracies to a result written by a runner that did not keep them
+    (the Manufactoria runs of commit 59eec33), from its run directory; a shared rollout-0 point takes
+    them from the run that measured it (attach that run first)."""
+    out = RESULTS / task / f"{run_dir.name}.json"
+    result = json.loads(out.read_text())
+    measured = ({p["rollouts"]: p.get("samples") for p in extract(run_dir, result["eval_k"])["points"]}
+                if (run_dir / "metrics.jsonl").exists() else {})
+    for point in result["points"]:
+        if point.get("samples") is None:
+            if point.get("shared"):
+                point["samples"] = (shared_base_point(task, result["seed"]) or {}).get("samples")
+            else:
+                point["samples"] = measured.get(point["rollouts"])
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- summary
 def load_results(task_dir: Path) -> dict[str, list[dict[str, Any]]]:
     by_method: dict[str, list[dict[str, Any]]] = {}
@@ -147,6 +182,41 @@ def curve(results: list[dict[str, Any]], field: str = "acc_mean") -> tuple[np.nd
 def first_reaching(xs: np.ndarray, mean: np.ndarray, target: float) -> int | None:
     hits = [int(x) for x, m in zip(xs, mean, strict=True) if m >= target - 1e-9]
     return hits[0] if hits else None
+
+
+def pooled_samples(results: list[dict[str, Any]], rollouts: int) -> dict[str, list[float]]:
+    """The per-problem sample accuracies at ``rollouts`` of every seed that kept them, keyed seed/problem."""
+    pooled = {}
+    for result in results:
+        point = next((p for p in result["points"] if p["rollouts"] == rollouts), None)
+        for problem, accs in ((point or {}).get("samples") or {}).items():
+            pooled[f"{result['seed']}/{problem}"] = accs
+    return pooled
+
+
+def paired_comparisons(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Paired differences of held-out ``acc`` where the runs kept their samples: each method's change
+    from the base model at every evaluation, then every other method against RESD at the final one.
+    Units are (seed, problem), so only the draws of a seed that both sides evaluated are compared."""
+    rows = []
+
+    def add(label: str, a: dict[str, list[float]], b: dict[str, list[float]]) -> None:
+        if any(key in b for key in a):
+            diff = paired_difference(a, b)
+            rows.append({"comparison": label, "seeds": len({key.split("/")[0] for key in a if key in b}),
+                         "problems": diff.prompts, "difference": diff.mean, "low": diff.low, "high": diff.high})
+
+    for method, method_results in results.items():
+        xs = curve(method_results)[0]
+        for x in xs[1:]:
+            add(f"{method}: {int(x)} vs 0 rollouts", pooled_samples(method_results, 0), pooled_samples(method_results, int(x)))
+    if "resd" in results:
+        final = int(curve(results["resd"])[0][-1])
+        for method in results:
+            if method != "resd":
+                add(f"resd - {method} at {final} rollouts", pooled_samples(results[method], final),
+                    pooled_samples(results["resd"], final))
+    return rows
 
 
 def table_lines(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], with_time: bool) -> list[str]:
@@ -191,6 +261,13 @@ def summarize_task(task: str) -> list[str]:
         writer = csv.DictWriter(f, fieldnames=["task", "method", "seed", "rollouts", "acc_mean", "solved_mean"])
         writer.writeheader()
         writer.writerows(rows)
+    paired = paired_comparisons(results)
+    if paired:
+        lines += ["", "Paired differences of held-out `acc` (mean over (seed, problem) pairs of the change in a problem's",
+                  "mean@k; 95% bootstrap interval resampling those pairs):", "",
+                  "| comparison | seeds | pairs | difference | 95% interval |", "|---|---|---|---|---|",
+                  *(f"| {r['comparison']} | {r['seeds']} | {r['problems']} | {r['difference']:+.3f} | "
+                    f"[{r['low']:+.3f}, {r['high']:+.3f}] |" for r in paired)]
     lines.append("")
     verdict: dict[str, Any] = {}
     if "grpo" in curves and "resd" in curves:
@@ -211,7 +288,7 @@ def summarize_task(task: str) -> list[str]:
         lines.append(f"- Final accuracy RESD {r_final:.3f} vs SDPO {s_final:.3f}: "
                      f"{'RESD higher' if r_final > s_final else 'RESD not higher'}.")
     (task_dir / "summary.json").write_text(json.dumps(
-        {"task": task, "verdict": verdict,
+        {"task": task, "verdict": verdict, "paired": paired,
          "curves": {m: {"rollouts": xs.tolist(), "acc_mean": v.mean(axis=0).tolist(), "acc_std": v.std(axis=0).tolist(),
                         "acc_min": v.min(axis=0).tolist(), "acc_max": v.max(axis=0).tolist(),
                         "elapsed_s": t.mean(axis=0).tolist(), "seeds": len(v)} for m, (xs, v, t) in curves.items()}},
@@ -239,11 +316,18 @@ def main() -> None:
     parser.add_argument("--runs", default="runs/efficacy", help="where run directories go (not kept in git)")
     parser.add_argument("--results", default=str(HERE / "results"), help="where result JSON files and summaries go")
     parser.add_argument("--summarize", action="store_true", help="only rebuild summaries and plots")
+    parser.add_argument("--attach-samples", nargs="+", metavar="RUN_DIR", type=Path,
+                        help="add per-problem sample accuracies from these run directories to their results (one --task)")
     parser.add_argument("overrides", nargs="*", help="extra key=value config overrides for every run")
     args = parser.parse_args()
     RESULTS = Path(args.results)
     tasks = args.task or sorted(p.stem for p in CONFIGS.glob("*.yaml") if p.stem != "methods")
-    if not args.summarize:
+    if args.attach_samples:
+        if len(tasks) != 1:
+            raise SystemExit("--attach-samples needs exactly one --task")
+        for run_dir in args.attach_samples:
+            print(f"attached samples: {attach_samples(tasks[0], run_dir)}")
+    elif not args.summarize:
         for task in tasks:
             for seed in [int(s) for s in args.seeds.split(",")]:
                 for method in args.methods.split(","):
