@@ -117,6 +117,20 @@ def test_verdict_when_resd_never_reaches_grpo(runner, tmp_path, monkeypatch):
     assert "- Final accuracy RESD 0.200 vs SDPO 0.300: RESD not higher." in lines
     verdict = json.loads((tmp_path / "toy" / "summary.json").read_text())["verdict"]
     assert verdict["resd_rollouts_to_grpo_final"] is None and verdict["resd_beats_sdpo"] is False
+    assert verdict["grpo_improved"] is True
+
+
+def test_verdict_says_when_grpo_never_moved(runner, tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "RESULTS", tmp_path)
+    (tmp_path / "toy").mkdir()
+    for method, final in {"grpo": 0.1, "sdpo": 0.3, "resd": 0.05}.items():
+        points = [{"rollouts": 0, "acc_mean": 0.1, "elapsed_s": 0.0}, {"rollouts": 64, "acc_mean": final, "elapsed_s": 60.0}]
+        (tmp_path / "toy" / f"{method}-seed0.json").write_text(json.dumps(
+            {"method": method, "seed": 0, "eval_k": 2, "points": points}))
+    lines = runner.summarize_task("toy")
+    assert "- GRPO's final held-out accuracy: 0.100; RESD's mean first reaches it at 0 rollouts (target: at most 16): " \
+           "met (trivially: GRPO ended at or below the base model's 0.100)." in lines
+    assert json.loads((tmp_path / "toy" / "summary.json").read_text())["verdict"]["grpo_improved"] is False
 
 
 def test_per_problem_samples_are_kept_attached_and_compared_in_pairs(runner, tmp_path, monkeypatch):

@@ -278,9 +278,13 @@ def summarize_task(task: str) -> list[str]:
         verdict["grpo_final"] = grpo_final
         verdict["resd_rollouts_to_grpo_final"] = reach
         verdict["target_quarter_budget"] = bool(reach is not None and reach <= gx[-1] / 4)
+        verdict["grpo_improved"] = grpo_final > float(gv.mean(axis=0)[0]) + 1e-9
         reached = f"first reaches it at {reach} rollouts" if reach is not None else "never reaches it within the budget"
+        met = "met" if verdict["target_quarter_budget"] else "not met"
+        if not verdict["grpo_improved"]:  # the base model already has GRPO's final accuracy
+            met += f" (trivially: GRPO ended at or below the base model's {float(gv.mean(axis=0)[0]):.3f})"
         lines.append(f"- GRPO's final held-out accuracy: {grpo_final:.3f}; RESD's mean {reached} "
-                     f"(target: at most {int(gx[-1] / 4)}): {'met' if verdict['target_quarter_budget'] else 'not met'}.")
+                     f"(target: at most {int(gx[-1] / 4)}): {met}.")
     if "sdpo" in curves and "resd" in curves:
         s_final = float(curves["sdpo"][1].mean(axis=0)[-1])
         r_final = float(curves["resd"][1].mean(axis=0)[-1])
