@@ -208,7 +208,9 @@ class ResdConfig(Section):
     use_reflection_in_teacher_prompt: bool = True
     use_solution_in_teacher_prompt: bool = True
     feedback_only_without_solution: bool = True
-    teacher_template: str | None = Field(None, description="'default', 'direct' (short answers) or a template file path")
+    teacher_template: str | None = Field(
+        None, description="'default', 'direct' (no 'reason step by step': small models, short budgets) or a file path"
+    )
     context_prompts: Literal["default", "compact"] = Field(
         "default", description="reflector/curator templates; 'compact': short JSON, used keys first (small policies)"
     )

@@ -32,10 +32,10 @@ def test_every_arm_gives_a_valid_config_with_the_budget_in_whole_batches(runner,
         assert parsed.rollout.n == (8 if method == "grpo" else 1)
 
 
-def test_task_specific_settings_and_the_compact_arm(runner):
+def test_resd_arms_use_the_direct_template_and_the_compact_arm_differs_only_in_prompts(runner):
     arith, _ = runner.run_config("arithmetic", "resd", None)
     manuf, _ = runner.run_config("manufactoria", "resd", None)
-    assert arith["resd"]["teacher_template"] == "direct" and "teacher_template" not in manuf["resd"]
+    assert arith["resd"]["teacher_template"] == manuf["resd"]["teacher_template"] == "direct"
     compact, _ = runner.run_config("arithmetic", "resd-compact", None)
     assert compact["resd"]["context_prompts"] == "compact" and compact["resd"]["teacher_template"] == "direct"
     # apart from the prompt set, the compact arm is the RESD arm

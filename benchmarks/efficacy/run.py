@@ -38,7 +38,7 @@ METHODS = ("grpo", "sdpo", "sdpo-ss", "resd")  # the issue's four arms, run by d
 
 def defined_methods() -> list[str]:
     """The four arms, then any extra arm of methods.yaml (e.g. a RESD variant), in file order."""
-    names = [m for m in yaml.safe_load((CONFIGS / "methods.yaml").read_text()) if "@" not in m]
+    names = list(yaml.safe_load((CONFIGS / "methods.yaml").read_text()))
     return [*METHODS, *(m for m in names if m not in METHODS)]
 
 
@@ -52,7 +52,6 @@ def run_config(task: str, method: str, budget: int | None) -> tuple[dict[str, An
     budget = budget or int(config.pop("budget_rollouts"))
     config.pop("budget_rollouts", None)
     config = deep_merge(config, methods[method])
-    config = deep_merge(config, methods.get(f"{method}@{task}", {}))  # task-specific method settings
     per_batch = config["train"]["batch_size"] * config["rollout"]["n"] * config["stream"]["inner_steps"]
     if budget % per_batch:
         raise SystemExit(f"{task}/{method}: budget {budget} is not a multiple of {per_batch} rollouts per outer batch")

@@ -36,8 +36,9 @@ class TeacherPromptConfig:
 
 
 #: built-in teacher templates: ``default`` follows RESD's v4 template (its bullets ask the teacher to
-#: reason step by step); ``direct`` asks for an answer in the form the task wants instead, for tasks
-#: whose answers are short (see BENCHMARKS.md, "teacher context signal").
+#: reason step by step); ``direct`` asks for an answer in the form the task wants instead. With a small
+#: policy and a short output budget the default's bullet taught the student long prose that the budget
+#: cut off, on arithmetic and on Manufactoria (BENCHMARKS.md, "Teacher context signal", "Manufactoria").
 BUILTIN_TEMPLATES = {"default": "teacher.txt", "direct": "teacher_direct.txt"}
 
 
