@@ -104,33 +104,31 @@ def test_no_second_table_when_accuracy_is_the_solve_rate(runner, tmp_path, monke
                           "| sdpo | 1 | 0.100 ± 0.000 | 0.200 ± 0.000 | 1.0 min |"]
 
 
-def test_verdict_when_resd_never_reaches_grpo(runner, tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "RESULTS", tmp_path)
+def _two_point_results(tmp_path, finals):
+    """One seed per method: accuracy 0.1 before training and ``finals[method]`` after 64 rollouts."""
     (tmp_path / "toy").mkdir()
-    for method, final in {"grpo": 0.4, "sdpo": 0.3, "resd": 0.2}.items():
+    for method, final in finals.items():
         points = [{"rollouts": 0, "acc_mean": 0.1, "elapsed_s": 0.0}, {"rollouts": 64, "acc_mean": final, "elapsed_s": 60.0}]
         (tmp_path / "toy" / f"{method}-seed0.json").write_text(json.dumps(
             {"method": method, "seed": 0, "eval_k": 2, "points": points}))
+
+
+@pytest.mark.parametrize("grpo_final,resd_final,verdict_line,improved", [
+    (0.4, 0.2, "- GRPO's final held-out accuracy: 0.400; RESD's mean never reaches it within the budget "
+               "(target: at most 16): not met.", True),
+    # GRPO never moved off the base model: every method "reaches" its final at 0 rollouts
+    (0.1, 0.05, "- GRPO's final held-out accuracy: 0.100; RESD's mean first reaches it at 0 rollouts (target: at most 16): "
+                "met (trivially: GRPO ended at or below the base model's 0.100).", False),
+])
+def test_verdict_lines(runner, tmp_path, monkeypatch, grpo_final, resd_final, verdict_line, improved):
+    monkeypatch.setattr(runner, "RESULTS", tmp_path)
+    _two_point_results(tmp_path, {"grpo": grpo_final, "sdpo": 0.3, "resd": resd_final})
     lines = runner.summarize_task("toy")
-    assert "- GRPO's final held-out accuracy: 0.400; RESD's mean never reaches it within the budget " \
-           "(target: at most 16): not met." in lines
-    assert "- Final accuracy RESD 0.200 vs SDPO 0.300: RESD not higher." in lines
+    assert verdict_line in lines
+    assert f"- Final accuracy RESD {resd_final:.3f} vs SDPO 0.300: RESD not higher." in lines
     verdict = json.loads((tmp_path / "toy" / "summary.json").read_text())["verdict"]
-    assert verdict["resd_rollouts_to_grpo_final"] is None and verdict["resd_beats_sdpo"] is False
-    assert verdict["grpo_improved"] is True
-
-
-def test_verdict_says_when_grpo_never_moved(runner, tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "RESULTS", tmp_path)
-    (tmp_path / "toy").mkdir()
-    for method, final in {"grpo": 0.1, "sdpo": 0.3, "resd": 0.05}.items():
-        points = [{"rollouts": 0, "acc_mean": 0.1, "elapsed_s": 0.0}, {"rollouts": 64, "acc_mean": final, "elapsed_s": 60.0}]
-        (tmp_path / "toy" / f"{method}-seed0.json").write_text(json.dumps(
-            {"method": method, "seed": 0, "eval_k": 2, "points": points}))
-    lines = runner.summarize_task("toy")
-    assert "- GRPO's final held-out accuracy: 0.100; RESD's mean first reaches it at 0 rollouts (target: at most 16): " \
-           "met (trivially: GRPO ended at or below the base model's 0.100)." in lines
-    assert json.loads((tmp_path / "toy" / "summary.json").read_text())["verdict"]["grpo_improved"] is False
+    assert verdict["resd_beats_sdpo"] is False and verdict["grpo_improved"] is improved
+    assert verdict["resd_rollouts_to_grpo_final"] == (None if improved else 0)
 
 
 def test_per_problem_samples_are_kept_attached_and_compared_in_pairs(runner, tmp_path, monkeypatch):
