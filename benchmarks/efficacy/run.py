@@ -29,6 +29,7 @@ import yaml
 
 from resd.config import deep_merge
 from resd.evaluation.metrics import paired_difference
+from resd.report.loading import read_jsonl
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE / "configs"
@@ -67,8 +68,7 @@ def eval_samples(run_dir: Path, step: int) -> dict[str, list[float]] | None:
     if not path.exists():
         return None
     by_problem: dict[str, list[tuple[int, float]]] = {}
-    for line in path.read_text().splitlines():
-        row = json.loads(line)
+    for row in read_jsonl(path, warnings=[]):
         by_problem.setdefault(row["example_id"], []).append((row["sample"], round(float(row["acc"]), 4)))
     return {problem: [acc for _, acc in sorted(samples)] for problem, samples in by_problem.items()}
 
@@ -277,11 +277,12 @@ def summarize_task(task: str) -> list[str]:
         verdict["grpo_final"] = grpo_final
         verdict["resd_rollouts_to_grpo_final"] = reach
         verdict["target_quarter_budget"] = bool(reach is not None and reach <= gx[-1] / 4)
-        verdict["grpo_improved"] = grpo_final > float(gv.mean(axis=0)[0]) + 1e-9
+        base = float(gv.mean(axis=0)[0])
+        verdict["grpo_improved"] = grpo_final > base + 1e-9
         reached = f"first reaches it at {reach} rollouts" if reach is not None else "never reaches it within the budget"
         met = "met" if verdict["target_quarter_budget"] else "not met"
         if not verdict["grpo_improved"]:  # the base model already has GRPO's final accuracy
-            met += f" (trivially: GRPO ended at or below the base model's {float(gv.mean(axis=0)[0]):.3f})"
+            met += f" (trivially: GRPO ended at or below the base model's {base:.3f})"
         lines.append(f"- GRPO's final held-out accuracy: {grpo_final:.3f}; RESD's mean {reached} "
                      f"(target: at most {int(gx[-1] / 4)}): {met}.")
     if "sdpo" in curves and "resd" in curves:
