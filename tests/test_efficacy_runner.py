@@ -170,3 +170,40 @@ def test_per_problem_samples_are_kept_attached_and_compared_in_pairs(runner, tmp
     assert rows["resd - sdpo at 8 rollouts"]["difference"] == pytest.approx(-0.25)
     lines = runner.summarize_task("toy")
     assert "| resd - sdpo at 8 rollouts | 1 | 2 | -0.250 | [-0.500, +0.000] |" in lines
+
+
+def test_manufactoria_answers_are_sorted_into_kinds_and_tabled(runner, tmp_path, monkeypatch):
+    from resd.envs.manufactoria.kinds import EXAMPLE_CODE, REJECT_ALL, program_acc
+
+    monkeypatch.setattr(runner, "RESULTS", tmp_path / "results")
+    config, _ = runner.run_config("manufactoria", "sdpo", None)
+    tests = runner.held_out_tests(config)
+    assert len(tests) == config["data"]["val_limit"] == 12
+    first, second = list(tests)[:2]
+    example = f"```manufactoria\n{EXAMPLE_CODE}\n```"
+    run_dir = tmp_path / "runs" / "sdpo-seed0"
+    (run_dir / "eval").mkdir(parents=True)
+    metrics = [{"step": 0, "progress/rollouts": 0, "progress/elapsed_s": 0.0, "val/acc/mean@2": 0.1},
+               {"step": 2, "progress/rollouts": 8, "progress/elapsed_s": 50.0, "val/acc/mean@2": 0.4}]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    evals = {0: [(first, "no code at all"), (second, "```manufactoria\nSTART start:\n```")],
+             2: [(first, example), (second, example)]}
+    for step, rows in evals.items():
+        (run_dir / "eval" / f"step-{step:06d}_samples.jsonl").write_text("".join(
+            json.dumps({"example_id": p, "sample": 0, "acc": 0.0, "response": r}) + "\n" for p, r in rows))
+    points = runner.extract(run_dir, 2, config)["points"]
+    assert [p["kinds"]["no program"] for p in points] == [2, 0]
+    assert [p["kinds"]["prompt example"] for p in points] == [0, 2]
+    assert runner.extract(run_dir, 2)["points"][0].get("kinds") is None  # no config: no kinds
+    task_dir = tmp_path / "results" / "manufactoria"
+    task_dir.mkdir(parents=True)
+    (task_dir / "sdpo-seed0.json").write_text(json.dumps(
+        {"method": "sdpo", "seed": 0, "eval_k": 2, "config": config, "points": points}))
+    lines = runner.summarize_task("manufactoria")
+    assert "| sdpo | 0 | 1 | 1.00 | 0.00 | 0.00 | 0.00 | 0.00 |" in lines
+    assert "| sdpo | 8 | 1 | 0.00 | 1.00 | 0.00 | 0.00 | 0.00 |" in lines
+    example_acc = sum(program_acc(EXAMPLE_CODE, t) for t in tests.values()) / 12
+    reject_acc = sum(program_acc(REJECT_ALL, t) for t in tests.values()) / 12
+    assert 0 < example_acc < 1 and 0 < reject_acc < 1
+    assert any(f"scores `acc` {example_acc:.3f} and a factory that rejects every tape {reject_acc:.3f}" in line
+               for line in lines)

@@ -5,7 +5,8 @@ between runs); its held-out accuracy at fixed rollout counts is copied into a sm
 ``benchmarks/efficacy/results/<task>/``. Finished runs are skipped, so the benchmark can be run task
 by task, stopped and continued. ``--summarize`` turns the JSON files into ``summary.csv``,
 ``summary.md`` (with paired differences between evaluations, where the runs kept their per-problem
-sample accuracies) and curves (mean over seeds with the min-max band).
+sample accuracies, and on Manufactoria the held-out answers by kind of factory) and curves (mean
+over seeds with the min-max band).
 
     python benchmarks/efficacy/run.py --task arithmetic            # 4 methods x 3 seeds
     python benchmarks/efficacy/run.py --task manufactoria --methods resd --seeds 0
@@ -73,9 +74,34 @@ def eval_samples(run_dir: Path, step: int) -> dict[str, list[float]] | None:
     return {problem: [acc for _, acc in sorted(samples)] for problem, samples in by_problem.items()}
 
 
-def extract(run_dir: Path, k: int) -> dict[str, Any]:
-    """Held-out accuracy points (with per-problem sample accuracies) and training statistics from a
-    finished run's metrics.jsonl and evaluation files."""
+def held_out_tests(config: dict[str, Any]) -> dict[str, list[Any]]:
+    """The test tapes of a Manufactoria run's held-out problems, by example id."""
+    from resd import envs
+
+    data = config["data"]
+    env = envs.load(data["env"], **data.get("env_kwargs", {}))
+    rows = env.load_split(data.get("val_split", "test"), data.get("val_path"), data.get("val_limit"))
+    return {env.example_id(row): env.tests(row) for row in rows}
+
+
+def eval_kinds(run_dir: Path, step: int, tests: dict[str, list[Any]]) -> dict[str, int] | None:
+    """How many held-out answers of the evaluation at ``step`` are of each kind of factory
+    (:mod:`resd.envs.manufactoria.kinds`), or None when the run kept no sample file for that step."""
+    from resd.envs.manufactoria.kinds import KINDS, program_kind
+
+    path = run_dir / "eval" / f"step-{step:06d}_samples.jsonl"
+    if not path.exists():
+        return None
+    counts = dict.fromkeys(KINDS, 0)
+    for row in read_jsonl(path, warnings=[]):
+        counts[program_kind(row.get("response"), tests[str(row["example_id"])])] += 1
+    return counts
+
+
+def extract(run_dir: Path, k: int, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Held-out accuracy points (with per-problem sample accuracies, and on Manufactoria the kinds of
+    answer) and training statistics from a finished run's metrics.jsonl and evaluation files."""
+    tests = held_out_tests(config) if config and config["data"]["env"] == "manufactoria" else None
     points, train = [], []
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
@@ -86,6 +112,8 @@ def extract(run_dir: Path, k: int) -> dict[str, Any]:
                            "task_mean": row.get(f"val/task/mean@{k}"),
                            "response_length": row.get("val/response_length/mean"),
                            "samples": eval_samples(run_dir, int(row["step"]))})
+            if tests is not None:
+                points[-1]["kinds"] = eval_kinds(run_dir, int(row["step"]), tests)
         elif "reward/mean" in row:
             train.append({key: row.get(key) for key in ("step", "progress/rollouts", "reward/mean", "loss/distill", "loss/pg",
                                                         "actor/grad_norm", "playbook/size", "time/step_s")})
@@ -120,7 +148,7 @@ def run_one(task: str, method: str, seed: int, budget: int | None, runs_root: Pa
         raise SystemExit(f"{task}/{method}/seed {seed} failed with exit code {code}; see {log.name}")
     k = config["eval"]["k"]
     result = {"task": task, "method": method, "seed": seed, "budget_rollouts": budget, "wall_s": round(wall, 1),
-              "eval_k": k, "overrides": overrides, "config": config, **extract(run_dir, k)}
+              "eval_k": k, "overrides": overrides, "config": config, **extract(run_dir, k, config)}
     if base is not None:
         result["points"].insert(0, {**base, "shared": True})
     playbook = sorted((run_dir / "playbook").glob("step-*.txt"))
@@ -143,19 +171,23 @@ def shared_base_point(task: str, seed: int) -> dict[str, Any] | None:
 
 
 def attach_samples(task: str, run_dir: Path) -> Path:
-    """Add the per-problem sample accuracies to a result written by a runner that did not keep them
-    (the Manufactoria runs of commit 59eec33), from its run directory; a shared rollout-0 point takes
-    them from the run that measured it (attach that run first)."""
+    """Add the per-problem sample accuracies (and on Manufactoria the kinds of answer) to a result
+    written by a runner that did not keep them (the Manufactoria runs of commit 59eec33), from its
+    run directory; a shared rollout-0 point takes them from the run that measured it (attach that
+    run first)."""
     out = RESULTS / task / f"{run_dir.name}.json"
     result = json.loads(out.read_text())
-    measured = ({p["rollouts"]: p.get("samples") for p in extract(run_dir, result["eval_k"])["points"]}
+    measured = ({p["rollouts"]: p for p in extract(run_dir, result["eval_k"], result.get("config"))["points"]}
                 if (run_dir / "metrics.jsonl").exists() else {})
     for point in result["points"]:
-        if point.get("samples") is None:
-            if point.get("shared"):
-                point["samples"] = (shared_base_point(task, result["seed"]) or {}).get("samples")
-            else:
-                point["samples"] = measured.get(point["rollouts"])
+        for field in ("samples", "kinds"):
+            if point.get(field) is None:
+                if point.get("shared"):
+                    value = (shared_base_point(task, result["seed"]) or {}).get(field)
+                else:
+                    value = measured.get(point["rollouts"], {}).get(field)
+                if value is not None:
+                    point[field] = value
     out.write_text(json.dumps(result, indent=1) + "\n")
     return out
 
@@ -218,6 +250,31 @@ def paired_comparisons(results: dict[str, list[dict[str, Any]]]) -> list[dict[st
     return rows
 
 
+def kind_lines(results: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """On Manufactoria, a table of the held-out answers by kind of factory (share of each method's
+    answers at each evaluation, pooled over the seeds that kept them) and the ``acc`` that the
+    trivial programs get on the same problems; nothing for other tasks."""
+    from resd.envs.manufactoria.kinds import EXAMPLE_CODE, KINDS, REJECT_ALL, program_acc
+
+    table = []
+    for method, method_results in results.items():
+        for x in curve(method_results)[0]:
+            counts = [p["kinds"] for r in method_results for p in r["points"] if p["rollouts"] == x and p.get("kinds")]
+            total = sum(sum(c.values()) for c in counts)
+            if total:
+                shares = " | ".join(f"{sum(c[kind] for c in counts) / total:.2f}" for kind in KINDS)
+                table.append(f"| {method} | {int(x)} | {len(counts)} | {shares} |")
+    if not table:
+        return []
+    tests = held_out_tests(next(iter(results.values()))[0]["config"])
+    trivial = {name: sum(program_acc(code, t) for t in tests.values()) / len(tests)
+               for name, code in (("example", EXAMPLE_CODE), ("reject", REJECT_ALL))}
+    return ["", "Held-out answers by kind of factory (share of the answers of the seeds counted; "
+            "`resd.envs.manufactoria.kinds`). On these problems the prompt's example factory scores "
+            f"`acc` {trivial['example']:.3f} and a factory that rejects every tape {trivial['reject']:.3f}:", "",
+            "| method | rollouts | seeds | " + " | ".join(KINDS) + " |", "|---|---|---|" + "---|" * len(KINDS), *table]
+
+
 def table_lines(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], with_time: bool) -> list[str]:
     """A markdown table: one row per method, mean ± std over seeds at each rollout count."""
     xs_all = sorted({int(x) for xs, _, _ in curves.values() for x in xs})
@@ -260,6 +317,7 @@ def summarize_task(task: str) -> list[str]:
         writer = csv.DictWriter(f, fieldnames=["task", "method", "seed", "rollouts", "acc_mean", "solved_mean"])
         writer.writeheader()
         writer.writerows(rows)
+    lines += kind_lines(results)
     paired = paired_comparisons(results)
     if paired:
         lines += ["", "Paired differences of held-out `acc` (mean over (seed, problem) pairs of the change in a problem's",

@@ -108,7 +108,8 @@ own colours plus [EMPTY].
 - Blank lines are ignored, and so is everything after a `#`, so you can write comments.
 """
 
-_EXAMPLE = """\
+# the example section of every prompt (public: the efficacy benchmark checks for copies of its factory)
+EXAMPLE_SECTION = """\
 ## Example
 
 This factory accepts exactly one tape, `R` (a single red symbol), and rejects every other tape:
@@ -141,4 +142,4 @@ def build_prompt(criteria: str, *, output_check: bool = False) -> str:
     ``output_check`` selects the objective used when tests also check the final tape.
     """
     objective = _OBJECTIVE_OUTPUT_CHECK if output_check else _OBJECTIVE
-    return "\n".join([_OVERVIEW, objective, _SYNTAX, _EXAMPLE, TASK_HEADER, "", criteria])
+    return "\n".join([_OVERVIEW, objective, _SYNTAX, EXAMPLE_SECTION, TASK_HEADER, "", criteria])
