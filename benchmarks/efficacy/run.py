@@ -62,14 +62,19 @@ def run_config(task: str, method: str, budget: int | None) -> tuple[dict[str, An
     return config, budget
 
 
-def eval_samples(run_dir: Path, step: int) -> dict[str, list[float]] | None:
-    """Per held-out problem, the ``acc`` of each of its samples in the evaluation at ``step`` (for the
-    paired comparisons of the summary), or None when the run kept no sample file for that step."""
+def eval_rows(run_dir: Path, step: int) -> list[dict[str, Any]] | None:
+    """The sample rows of the run's evaluation at ``step``, or None when it kept no sample file."""
     path = run_dir / "eval" / f"step-{step:06d}_samples.jsonl"
-    if not path.exists():
+    return read_jsonl(path, warnings=[]) if path.exists() else None
+
+
+def eval_samples(rows: list[dict[str, Any]] | None) -> dict[str, list[float]] | None:
+    """Per held-out problem, the ``acc`` of each of its samples (for the paired comparisons of the
+    summary), in sample order."""
+    if rows is None:
         return None
     by_problem: dict[str, list[tuple[int, float]]] = {}
-    for row in read_jsonl(path, warnings=[]):
+    for row in rows:
         by_problem.setdefault(row["example_id"], []).append((row["sample"], round(float(row["acc"]), 4)))
     return {problem: [acc for _, acc in sorted(samples)] for problem, samples in by_problem.items()}
 
@@ -84,16 +89,14 @@ def held_out_tests(config: dict[str, Any]) -> dict[str, list[Any]]:
     return {env.example_id(row): env.tests(row) for row in rows}
 
 
-def eval_kinds(run_dir: Path, step: int, tests: dict[str, list[Any]]) -> dict[str, int] | None:
-    """How many held-out answers of the evaluation at ``step`` are of each kind of factory
-    (:mod:`resd.envs.manufactoria.kinds`), or None when the run kept no sample file for that step."""
+def eval_kinds(rows: list[dict[str, Any]] | None, tests: dict[str, list[Any]]) -> dict[str, int] | None:
+    """How many held-out answers are of each kind of factory (:mod:`resd.envs.manufactoria.kinds`)."""
     from resd.envs.manufactoria.kinds import KINDS, program_kind
 
-    path = run_dir / "eval" / f"step-{step:06d}_samples.jsonl"
-    if not path.exists():
+    if rows is None:
         return None
     counts = dict.fromkeys(KINDS, 0)
-    for row in read_jsonl(path, warnings=[]):
+    for row in rows:
         counts[program_kind(row.get("response"), tests[str(row["example_id"])])] += 1
     return counts
 
@@ -106,14 +109,15 @@ def extract(run_dir: Path, k: int, config: dict[str, Any] | None = None) -> dict
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
         if ACC_KEY.format(k=k) in row:
+            rows = eval_rows(run_dir, int(row["step"]))
             points.append({"rollouts": int(row["progress/rollouts"]), "elapsed_s": round(row["progress/elapsed_s"], 1),
                            "acc_mean": row[ACC_KEY.format(k=k)], "acc_best": row.get(f"val/acc/best@{k}"),
                            "test_case_mean": row.get(f"val/test_case/mean@{k}"),
                            "task_mean": row.get(f"val/task/mean@{k}"),
                            "response_length": row.get("val/response_length/mean"),
-                           "samples": eval_samples(run_dir, int(row["step"]))})
+                           "samples": eval_samples(rows)})
             if tests is not None:
-                points[-1]["kinds"] = eval_kinds(run_dir, int(row["step"]), tests)
+                points[-1]["kinds"] = eval_kinds(rows, tests)
         elif "reward/mean" in row:
             train.append({key: row.get(key) for key in ("step", "progress/rollouts", "reward/mean", "loss/distill", "loss/pg",
                                                         "actor/grad_norm", "playbook/size", "time/step_s")})
