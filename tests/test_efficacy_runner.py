@@ -72,9 +72,12 @@ def test_summary_table_and_verdict(runner, tmp_path, monkeypatch):
             (task_dir / f"{method}-seed{seed}.json").write_text(json.dumps(
                 {"method": method, "seed": seed, "eval_k": 2, "points": points}))
     lines = runner.summarize_task("toy")
-    table = [line for line in lines if line.startswith("| resd ")]
+    table = [line for line in lines if line.startswith("| resd | 2 ")]  # the two tables over seeds
     assert table == ["| resd | 2 | 0.100 ± 0.000 | 0.350 ± 0.050 | 0.400 ± 0.050 | 2.0 min |",  # accuracy
                      "| resd | 2 | 0.000 ± 0.000 | 0.000 ± 0.000 | 0.050 ± 0.050 |"]  # problems solved
+    per_seed = lines[lines.index("Per seed (held-out accuracy at each evaluation):") + 2:]
+    assert per_seed[:2] == ["| method | seed | 0 rollouts | 32 rollouts | 128 rollouts |", "|---|---|---|---|---|"]
+    assert "| resd | 0 | 0.100 | 0.300 | 0.350 |" in per_seed and "| grpo | 1 | 0.100 | 0.350 | 0.400 |" in per_seed
     summary = json.loads((task_dir / "summary.json").read_text())
     # GRPO ends at 0.3; RESD's mean is 0.35 at 32 rollouts = a quarter of 128: met
     assert summary["verdict"]["grpo_final"] == pytest.approx(0.3)
@@ -90,6 +93,17 @@ def test_summary_table_and_verdict(runner, tmp_path, monkeypatch):
     # accuracy is partial credit here (it differs from the solve rate), so a second table follows
     cases = lines[lines.index("Held-out problems solved (every test case passed):") + 2:]
     assert "| grpo | 2 | 0.000 ± 0.000 | 0.000 ± 0.000 | 0.050 ± 0.050 |" in cases
+
+
+def test_per_seed_table_leaves_a_blank_where_a_seed_was_not_evaluated(runner):
+    results = {"sdpo": [
+        {"seed": 1, "points": [{"rollouts": 0, "acc_mean": 0.2}, {"rollouts": 64, "acc_mean": 0.5}]},
+        {"seed": 0, "points": [{"rollouts": 0, "acc_mean": 0.1}, {"rollouts": 32, "acc_mean": 0.9},
+                               {"rollouts": 64, "acc_mean": 0.3}]}]}
+    assert runner.seed_lines(results)[3:] == ["| method | seed | 0 rollouts | 32 rollouts | 64 rollouts |",
+                                              "|---|---|---|---|---|",
+                                              "| sdpo | 0 | 0.100 | 0.900 | 0.300 |",  # sorted by seed
+                                              "| sdpo | 1 | 0.200 |  | 0.500 |"]
 
 
 def test_no_second_table_when_accuracy_is_the_solve_rate(runner, tmp_path, monkeypatch):
@@ -202,6 +216,9 @@ def test_manufactoria_answers_are_sorted_into_kinds_and_tabled(runner, tmp_path,
     lines = runner.summarize_task("manufactoria")
     assert "| sdpo | 0 | 1 | 1.00 | 0.00 | 0.00 | 0.00 | 0.00 |" in lines
     assert "| sdpo | 8 | 1 | 0.00 | 1.00 | 0.00 | 0.00 | 0.00 |" in lines
+    # and per run, as counts next to the run's accuracy
+    assert "| sdpo | 0 | 0 | 0.100 | 2 | 0 | 0 | 0 | 0 |" in lines
+    assert "| sdpo | 0 | 8 | 0.400 | 0 | 2 | 0 | 0 | 0 |" in lines
     example_acc = sum(program_acc(EXAMPLE_CODE, t) for t in tests.values()) / 12
     reject_acc = sum(program_acc(REJECT_ALL, t) for t in tests.values()) / 12
     assert 0 < example_acc < 1 and 0 < reject_acc < 1

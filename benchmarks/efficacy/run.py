@@ -257,7 +257,7 @@ def paired_comparisons(results: dict[str, list[dict[str, Any]]]) -> list[dict[st
 def kind_lines(results: dict[str, list[dict[str, Any]]]) -> list[str]:
     """On Manufactoria, a table of the held-out answers by kind of factory (share of each method's
     answers at each evaluation, pooled over the seeds that kept them) and the ``acc`` that the
-    trivial programs get on the same problems; nothing for other tasks."""
+    trivial programs get on the same problems, then the counts of each run; nothing for other tasks."""
     from resd.envs.manufactoria.kinds import EXAMPLE_CODE, KINDS, REJECT_ALL, program_acc
 
     table = []
@@ -270,13 +270,34 @@ def kind_lines(results: dict[str, list[dict[str, Any]]]) -> list[str]:
                 table.append(f"| {method} | {int(x)} | {len(counts)} | {shares} |")
     if not table:
         return []
+    counts_table = [f"| {method} | {r['seed']} | {p['rollouts']} | {p['acc_mean']:.3f} | "
+                    + " | ".join(str(p["kinds"][kind]) for kind in KINDS) + " |"
+                    for method, method_results in results.items()
+                    for r in sorted(method_results, key=lambda r: r["seed"]) for p in r["points"] if p.get("kinds")]
     tests = held_out_tests(next(iter(results.values()))[0]["config"])
     trivial = {name: sum(program_acc(code, t) for t in tests.values()) / len(tests)
                for name, code in (("example", EXAMPLE_CODE), ("reject", REJECT_ALL))}
     return ["", "Held-out answers by kind of factory (share of the answers of the seeds counted; "
             "`resd.envs.manufactoria.kinds`). On these problems the prompt's example factory scores "
             f"`acc` {trivial['example']:.3f} and a factory that rejects every tape {trivial['reject']:.3f}:", "",
-            "| method | rollouts | seeds | " + " | ".join(KINDS) + " |", "|---|---|---|" + "---|" * len(KINDS), *table]
+            "| method | rollouts | seeds | " + " | ".join(KINDS) + " |", "|---|---|---|" + "---|" * len(KINDS), *table,
+            "", "The same, per run (number of held-out answers of each kind):", "",
+            "| method | seed | rollouts | acc | " + " | ".join(KINDS) + " |", "|---|---|---|---|" + "---|" * len(KINDS),
+            *counts_table]
+
+
+def seed_lines(results: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """A table of every run's held-out accuracy at each of its evaluations (one row per method and
+    seed), so that per-seed numbers are read from the summary, not re-added by hand."""
+    xs_all = sorted({p["rollouts"] for rs in results.values() for r in rs for p in r["points"]})
+    lines = ["", "Per seed (held-out accuracy at each evaluation):", "",
+             "| method | seed | " + " | ".join(f"{x} rollouts" for x in xs_all) + " |", "|---|---|" + "---|" * len(xs_all)]
+    for method, method_results in results.items():
+        for result in sorted(method_results, key=lambda r: r["seed"]):
+            acc = {p["rollouts"]: p["acc_mean"] for p in result["points"]}
+            cells = [f"{acc[x]:.3f}" if x in acc else "" for x in xs_all]
+            lines.append(f"| {method} | {result['seed']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def table_lines(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], with_time: bool) -> list[str]:
@@ -321,6 +342,7 @@ def summarize_task(task: str) -> list[str]:
         writer = csv.DictWriter(f, fieldnames=["task", "method", "seed", "rollouts", "acc_mean", "solved_mean"])
         writer.writeheader()
         writer.writerows(rows)
+    lines += seed_lines(results)
     lines += kind_lines(results)
     paired = paired_comparisons(results)
     if paired:
