@@ -95,6 +95,12 @@ def test_summary_table_and_verdict(runner, tmp_path, monkeypatch):
     assert "| grpo | 2 | 0.000 ± 0.000 | 0.000 ± 0.000 | 0.050 ± 0.050 |" in cases
 
 
+def test_no_trivial_programs_outside_manufactoria(runner):
+    assert runner.trivial_accs({"sdpo": [{"seed": 0, "points": []}]}) == {}  # no config kept
+    config, _ = runner.run_config("arithmetic", "sdpo", None)
+    assert runner.trivial_accs({"sdpo": [{"seed": 0, "config": config, "points": []}]}) == {}
+
+
 def test_per_seed_table_leaves_a_blank_where_a_seed_was_not_evaluated(runner):
     results = {"sdpo": [
         {"seed": 1, "points": [{"rollouts": 0, "acc_mean": 0.2}, {"rollouts": 64, "acc_mean": 0.5}]},
@@ -222,5 +228,6 @@ def test_manufactoria_answers_are_sorted_into_kinds_and_tabled(runner, tmp_path,
     example_acc = sum(program_acc(EXAMPLE_CODE, t) for t in tests.values()) / 12
     reject_acc = sum(program_acc(REJECT_ALL, t) for t in tests.values()) / 12
     assert 0 < example_acc < 1 and 0 < reject_acc < 1
+    assert runner.trivial_accs(runner.load_results(task_dir)) == pytest.approx({"example": example_acc, "reject": reject_acc})
     assert any(f"scores `acc` {example_acc:.3f} and a factory that rejects every tape {reject_acc:.3f}" in line
                for line in lines)

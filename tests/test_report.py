@@ -442,3 +442,7 @@ def test_seed_band_png_draws_shared_and_per_seed_x():
                              "minutes", "acc")
     for png in (shared, per_seed):
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    # a reference line (drawn and named in the legend) changes the picture
+    with_line = seed_band_png({"sdpo": ([0, 64, 128], values)}, "rollouts", "acc", "mean@2",
+                              references={"trivial answer": 0.25})
+    assert with_line[:8] == b"\x89PNG\r\n\x1a\n" and with_line != shared

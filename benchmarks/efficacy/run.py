@@ -254,11 +254,24 @@ def paired_comparisons(results: dict[str, list[dict[str, Any]]]) -> list[dict[st
     return rows
 
 
+def trivial_accs(results: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
+    """On Manufactoria, the held-out ``acc`` of the prompt's example factory (``example``) and of a
+    factory that rejects every tape (``reject``); empty for other tasks."""
+    from resd.envs.manufactoria.kinds import EXAMPLE_CODE, REJECT_ALL, program_acc
+
+    config = next(iter(results.values()))[0].get("config")
+    if not config or config["data"]["env"] != "manufactoria":
+        return {}
+    tests = held_out_tests(config)
+    return {name: sum(program_acc(code, t) for t in tests.values()) / len(tests)
+            for name, code in (("example", EXAMPLE_CODE), ("reject", REJECT_ALL))}
+
+
 def kind_lines(results: dict[str, list[dict[str, Any]]]) -> list[str]:
     """On Manufactoria, a table of the held-out answers by kind of factory (share of each method's
     answers at each evaluation, pooled over the seeds that kept them) and the ``acc`` that the
     trivial programs get on the same problems, then the counts of each run; nothing for other tasks."""
-    from resd.envs.manufactoria.kinds import EXAMPLE_CODE, KINDS, REJECT_ALL, program_acc
+    from resd.envs.manufactoria.kinds import KINDS
 
     table = []
     for method, method_results in results.items():
@@ -270,13 +283,11 @@ def kind_lines(results: dict[str, list[dict[str, Any]]]) -> list[str]:
                 table.append(f"| {method} | {int(x)} | {len(counts)} | {shares} |")
     if not table:
         return []
+    trivial = trivial_accs(results)
     counts_table = [f"| {method} | {r['seed']} | {p['rollouts']} | {p['acc_mean']:.3f} | "
                     + " | ".join(str(p["kinds"][kind]) for kind in KINDS) + " |"
                     for method, method_results in results.items()
                     for r in sorted(method_results, key=lambda r: r["seed"]) for p in r["points"] if p.get("kinds")]
-    tests = held_out_tests(next(iter(results.values()))[0]["config"])
-    trivial = {name: sum(program_acc(code, t) for t in tests.values()) / len(tests)
-               for name, code in (("example", EXAMPLE_CODE), ("reject", REJECT_ALL))}
     return ["", "Held-out answers by kind of factory (share of the answers of the seeds counted; "
             "`resd.envs.manufactoria.kinds`). On these problems the prompt's example factory scores "
             f"`acc` {trivial['example']:.3f} and a factory that rejects every tape {trivial['reject']:.3f}:", "",
@@ -384,12 +395,15 @@ def summarize_task(task: str) -> list[str]:
     groups = {m: (xs, v, t) for m, (xs, v, t) in curves.items()}
     k = next(iter(results.values()))[0]["eval_k"]
     y_label = f"mean@{k} (band: min-max over seeds)"
+    # on Manufactoria, a line at the score of a copy of the prompt's example, an answer that ignores the task
+    references = {f"copy of the prompt's example ({acc:.3f})": acc
+                  for name, acc in trivial_accs(results).items() if name == "example"}
     (task_dir / "accuracy_vs_rollouts.png").write_bytes(
         seed_band_png({m: (xs, v) for m, (xs, v, _) in groups.items()}, "rollouts", f"{task}: held-out accuracy",
-                      y_label))
+                      y_label, references=references))
     (task_dir / "accuracy_vs_time.png").write_bytes(
         seed_band_png({m: (t / 60, v) for m, (_, v, t) in groups.items()}, "training wall-clock (min)",
-                      f"{task}: held-out accuracy", y_label))
+                      f"{task}: held-out accuracy", y_label, references=references))
     (task_dir / "summary.md").write_text("\n".join(lines) + "\n")
     return lines
 

@@ -182,12 +182,13 @@ def val_metric_order(keys: set[str]) -> list[str]:
 
 
 def seed_band_png(groups: dict[str, tuple[Any, Any]], x_label: str, title: str, y_label: str = "",
-                  dpi: int = 100) -> bytes:
+                  dpi: int = 100, references: dict[str, float] | None = None) -> bytes:
     """Mean curve per group with its min-max band over seeds.
 
     ``groups`` maps a label to ``(xs, values)``: ``xs`` is one x array shared by all seeds (shape
     [points]) or one per seed ([seeds, points]); ``values`` is [seeds, points]. Per-seed x arrays
     (e.g. wall-clock) are averaged for the mean line, and each seed is also drawn faintly.
+    ``references`` adds labelled dashed horizontal lines (e.g. the score of a trivial answer).
     """
     import numpy as np
 
@@ -205,6 +206,8 @@ def seed_band_png(groups: dict[str, tuple[Any, Any]], x_label: str, title: str, 
         if xs.ndim == 2:
             for seed_x, seed_y in zip(xs, values, strict=True):
                 ax.plot(seed_x, seed_y, color=color, alpha=0.25, linewidth=0.8)
+    for label, y in (references or {}).items():
+        ax.axhline(y, color="0.4", linestyle="--", linewidth=1, label=_plain(label))
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
     ax.set_title(_plain(title), fontsize=10)
