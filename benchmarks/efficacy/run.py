@@ -4,9 +4,9 @@ Each (task, method, seed) is one ``resd train`` run in its own process (so memor
 between runs); its held-out accuracy at fixed rollout counts is copied into a small JSON file in
 ``benchmarks/efficacy/results/<task>/``. Finished runs are skipped, so the benchmark can be run task
 by task, stopped and continued. ``--summarize`` turns the JSON files into ``summary.csv``,
-``summary.md`` (with paired differences between evaluations, where the runs kept their per-problem
-sample accuracies, and on Manufactoria the held-out answers by kind of factory) and curves (mean
-over seeds with the min-max band).
+``summary.md`` (means over seeds, each seed's accuracies, paired differences between evaluations
+where the runs kept their per-problem sample accuracies, and on Manufactoria the held-out answers by
+kind of factory) and curves (mean over seeds with the min-max band).
 
     python benchmarks/efficacy/run.py --task arithmetic            # 4 methods x 3 seeds
     python benchmarks/efficacy/run.py --task manufactoria --methods resd --seeds 0
