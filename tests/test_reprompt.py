@@ -130,3 +130,18 @@ def test_chat_template_applied_with_system_message(tokenizer):
     text = tokenizer.decode(ids)
     assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>")
     assert "Correct solution:\n\nr" in text and text.endswith("<|im_start|>assistant\n")
+
+
+def test_self_success_setting_changes_nothing_when_no_sample_succeeds():
+    # SDPO and SDPO+ss differ only in whether a success may be its own demonstration, so without a
+    # success their teacher contexts are the same (the efficacy benchmark's Manufactoria runs: the two
+    # arms trained identically, update for update)
+    args = (["wrong a", "wrong b", "right"], [0.0, 0.2, 1.0], ["fb a", "fb b", None])
+    for responses, scores, feedbacks in (args, (args[0][:2], args[1][:2], args[2][:2])):
+        sdpo, m_sdpo = _build(responses, scores, feedbacks, dont_reprompt_on_self_success=True)
+        ss, m_ss = _build(responses, scores, feedbacks, dont_reprompt_on_self_success=False)
+        same = [a.messages == b.messages and a.sd_mask == b.sd_mask for a, b in zip(sdpo, ss, strict=True)]
+        if max(scores) < 1.0:
+            assert all(same) and m_sdpo == m_ss
+        else:  # the lone success: no signal for SDPO, its own answer as demonstration for SDPO+ss
+            assert same == [True, True, False] and ss[2].solution == "right" and not sdpo[2].sd_mask
