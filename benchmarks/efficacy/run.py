@@ -259,7 +259,7 @@ def trivial_accs(results: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
     factory that rejects every tape (``reject``); empty for other tasks."""
     from resd.envs.manufactoria.kinds import EXAMPLE_CODE, REJECT_ALL, program_acc
 
-    config = next(iter(results.values()))[0].get("config")
+    config = next((r["config"] for rs in results.values() for r in rs if r.get("config")), None)
     if not config or config["data"]["env"] != "manufactoria":
         return {}
     tests = held_out_tests(config)
