@@ -267,10 +267,11 @@ def trivial_accs(results: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
             for name, code in (("example", EXAMPLE_CODE), ("reject", REJECT_ALL))}
 
 
-def kind_lines(results: dict[str, list[dict[str, Any]]]) -> list[str]:
+def kind_lines(results: dict[str, list[dict[str, Any]]], trivial: dict[str, float]) -> list[str]:
     """On Manufactoria, a table of the held-out answers by kind of factory (share of each method's
     answers at each evaluation, pooled over the seeds that kept them) and the ``acc`` that the
-    trivial programs get on the same problems, then the counts of each run; nothing for other tasks."""
+    trivial programs get on the same problems (``trivial``, from :func:`trivial_accs`), then the counts
+    of each run; nothing for other tasks."""
     from resd.envs.manufactoria.kinds import KINDS
 
     table = []
@@ -283,7 +284,6 @@ def kind_lines(results: dict[str, list[dict[str, Any]]]) -> list[str]:
                 table.append(f"| {method} | {int(x)} | {len(counts)} | {shares} |")
     if not table:
         return []
-    trivial = trivial_accs(results)
     counts_table = [f"| {method} | {r['seed']} | {p['rollouts']} | {p['acc_mean']:.3f} | "
                     + " | ".join(str(p["kinds"][kind]) for kind in KINDS) + " |"
                     for method, method_results in results.items()
@@ -354,7 +354,8 @@ def summarize_task(task: str) -> list[str]:
         writer.writeheader()
         writer.writerows(rows)
     lines += seed_lines(results)
-    lines += kind_lines(results)
+    trivial = trivial_accs(results)  # runs the interpreter on every held-out test: once per summary
+    lines += kind_lines(results, trivial)
     paired = paired_comparisons(results)
     if paired:
         lines += ["", "Paired differences of held-out `acc` (mean over (seed, problem) pairs of the change in a problem's",
@@ -397,7 +398,7 @@ def summarize_task(task: str) -> list[str]:
     y_label = f"mean@{k} (band: min-max over seeds)"
     # on Manufactoria, a line at the score of a copy of the prompt's example, an answer that ignores the task
     references = {f"copy of the prompt's example ({acc:.3f})": acc
-                  for name, acc in trivial_accs(results).items() if name == "example"}
+                  for name, acc in trivial.items() if name == "example"}
     (task_dir / "accuracy_vs_rollouts.png").write_bytes(
         seed_band_png({m: (xs, v) for m, (xs, v, _) in groups.items()}, "rollouts", f"{task}: held-out accuracy",
                       y_label, references=references))
