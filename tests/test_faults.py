@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from resd.data import read_rows
 from resd.envs import register
 from resd.envs.base import DataError, Environment, Feedback
+from resd.fileio import atomic_write_text
 from resd.trainer import build_trainer
 from resd.trainer.checkpoint import CheckpointError, latest_valid, load_checkpoint, step_dirs
 
@@ -165,3 +166,30 @@ def test_hanging_and_crashing_environment_is_scored_as_failure_and_training_cont
     trainer.data.load_state_dict({"epoch": 0, "index": 0})
     trainer.train()  # a full training step with the faulty environment completes
     assert trainer.step == 1
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "config.yaml"
+    atomic_write_text(path, "seed: 1\n")
+    assert path.read_text() == "seed: 1\n"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # the usual mode, not mkstemp's 0600
+    with pytest.raises(UnicodeEncodeError):
+        atomic_write_text(path, "seed: 2\n\ud800")  # fails half-way through the write
+    assert path.read_text() == "seed: 1\n"  # Path.write_text would have left a cut file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]  # no temporary left behind
+    atomic_write_text(path, "seed: 3\n")
+    assert path.read_text() == "seed: 3\n"
+
+
+def test_resume_rewrites_run_files_without_losing_lines(tiny_config, tmp_path):
+    run = tmp_path / "run"
+    trainer = build_trainer(tiny_config("train.steps=2", "logging.save_every=1", f"logging.run_dir={run}"))
+    trainer.train()
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 3, "loss/distill": 0.1}\n{"step": 4, "loss')  # a step after the checkpoint, then a cut line
+    again = build_trainer(tiny_config("train.steps=2", f"logging.run_dir={run}"))
+    assert again.resume() and again.step == 2
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]

@@ -12,6 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from resd.evaluation.metrics import best_at_k, best_at_k_bootstrap, length_stats, mean_at_k, mean_pass_at_k
+from resd.fileio import atomic_write_text
 from resd.models import chat_prompt_ids
 from resd.rollout.base import SamplingParams, mix_seed
 
@@ -28,7 +29,7 @@ class EvalResult:
         out.mkdir(parents=True, exist_ok=True)
         summary_path = out / f"{prefix}_summary.json"
         samples_path = out / f"{prefix}_samples.jsonl"
-        summary_path.write_text(json.dumps(self.summary, indent=1, sort_keys=True), encoding="utf-8")
+        atomic_write_text(summary_path, json.dumps(self.summary, indent=1, sort_keys=True))
         with samples_path.open("w", encoding="utf-8") as f:
             for record in self.records:
                 f.write(json.dumps(record) + "\n")

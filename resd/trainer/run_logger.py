@@ -8,6 +8,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from resd.fileio import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 
@@ -60,7 +62,7 @@ class RunLogger:
                         kept.append(line)
                 except ValueError:
                     continue  # a line cut by a crash
-            path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+            atomic_write_text(path, "".join(k + "\n" for k in kept))
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:

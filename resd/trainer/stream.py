@@ -26,6 +26,7 @@ from resd.context.reprompt import split_prompt
 from resd.context.solution_buffer import select_solution
 from resd.context.teacher_prompt import TeacherPromptConfig, build_teacher_prompt, load_template
 from resd.context.updater import ContextUpdater, UpdateItem, UpdaterConfig
+from resd.fileio import atomic_write_text
 from resd.losses import success_rate_weights
 from resd.rollout.base import SamplingParams
 from resd.rollout.text import HTTPTextGenerator, ModelTextGenerator, PolicyTextGenerator
@@ -255,10 +256,10 @@ class StreamTrainer(Trainer):
             return
         path = self.run_dir / "playbook" / f"step-{self.step:06d}"
         if self.updater.store.mode == "global":
-            path.with_suffix(".txt").write_text(self.updater.playbook().render() + "\n", encoding="utf-8")
+            atomic_write_text(path.with_suffix(".txt"), self.updater.playbook().render() + "\n")
         else:
             texts = {k: pb.render() for k, pb in self.updater.store.items()}
-            path.with_suffix(".json").write_text(json.dumps(texts, indent=1), encoding="utf-8")
+            atomic_write_text(path.with_suffix(".json"), json.dumps(texts, indent=1))
 
     def extra_state(self) -> dict[str, Any]:
         state: dict[str, Any] = {

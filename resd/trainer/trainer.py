@@ -36,6 +36,7 @@ from resd.config import Config
 from resd.context.reprompt import RepromptConfig, build_teacher_contexts
 from resd.distributed import full_state_dict, init_distributed, load_full_state_dict, reshard, resolve_device, shard_model
 from resd.envs.base import Feedback
+from resd.fileio import atomic_write_text
 from resd.losses import DistillationSpec, group_advantages, is_ratio, ppo_clip_token_loss, token_terms, token_weights
 from resd.models import DTYPES, chat_prompt_ids, load_model, load_tokenizer
 from resd.models.loading import contiguous_head_input
@@ -190,7 +191,7 @@ class Trainer:
         main = self.dist.is_main
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+            atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         self.dist.barrier()
         self.logger = RunLogger(self.run_dir, cfg.to_dict(), main and cfg.logging.wandb, main and cfg.logging.tensorboard,
                                 main and cfg.logging.trackio, cfg.logging.project, cfg.name, enabled=main)
@@ -663,7 +664,7 @@ class Trainer:
             if e.save_best:
                 self.save()
             if self.dist.is_main:
-                (self.run_dir / "best.json").write_text(json.dumps(self.best, indent=1), encoding="utf-8")
+                atomic_write_text(self.run_dir / "best.json", json.dumps(self.best, indent=1))
         return metrics
 
     # ------------------------------------------------------------------ checkpoints
