@@ -63,18 +63,35 @@ def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     }
 
 
+def _samples(run_dir: Path) -> list[tuple]:
+    rows = [json.loads(x) for x in (run_dir / "samples.jsonl").read_text().splitlines()]
+    return [(r["step"], r["example_id"], r["response"], r["teacher_prompt"]) for r in rows]
+
+
+# Why weights are compared to 1e-5 and not bit for bit: two *uninterrupted* runs of this config
+# on the same CPU are not always bit-identical. In one of about 180 runs on this project's AVX-512
+# Xeon (and once in CI) an uninterrupted run's weights after 4 steps differed from the usual result
+# by up to 1.3e-7 (its step-2 loss by 2e-4 relative, its sampled tokens not at all): an effect of the
+# platform's floating-point kernels, not isolated further, that no resume is involved in, and that
+# made the bitwise check fail at random. Each piece of state a resume could forget moves the weights by far more
+# (measured with this config: optimizer moments 2.7e-3, data position 1.3e-3, teacher 4.0e-4,
+# learning-rate schedule 2.5e-4), so 1e-5 still catches all of them. What was sampled, which
+# involves every RNG and the data order, must match exactly.
+RESUME_ATOL = 1e-5
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_points_then_resume_is_exact(tmp_path):
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    steps = 4
+    steps, warmup = 4, "train.warmup_steps=3"  # a warm-up still running at the kills, so the schedule matters
     straight = tmp_path / "straight"
-    subprocess.run(_cli(straight, steps), check=True, env=env, capture_output=True)
+    subprocess.run(_cli(straight, steps, warmup), check=True, env=env, capture_output=True)
     expected = _final_weights(straight)
 
     rng = random.Random(1234)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(killed, steps), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    kills = 0
+    proc = subprocess.Popen(_cli(killed, steps, warmup), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kills = []
     for _ in range(2):  # kill twice at random moments once training has started, resuming in between
         deadline = time.time() + 120
         while not (killed / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
@@ -82,15 +99,17 @@ def test_sigkill_at_random_points_then_resume_is_exact(tmp_path):
         time.sleep(rng.uniform(0.0, 1.5))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
-            kills += 1
+            kills.append(sorted(p.name for p in (killed / "checkpoints").glob("*")) if (killed / "checkpoints").exists() else [])
         proc.wait()
         proc = subprocess.Popen(_resume_cli(killed, steps), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert proc.wait() == 0
-    assert kills >= 1
+    assert kills, "no kill landed while training ran"
+    assert _samples(killed) == _samples(straight)
     got = _final_weights(killed)
     assert got.keys() == expected.keys()
     for name in expected:
-        assert torch.equal(got[name], expected[name]), name
+        torch.testing.assert_close(got[name], expected[name], rtol=0.0, atol=RESUME_ATOL,
+                                   msg=lambda m, name=name: f"{name} after kills with checkpoints {kills}: {m}")
     lines = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == list(range(1, steps + 1))  # each step logged exactly once
 
