@@ -1,4 +1,4 @@
-"""Crash-safe small-file writes for the run directory.
+"""Crash-safe file writes for the run directory and checkpoints.
 
 ``Path.write_text`` truncates the file before writing it, so a process killed in between leaves
 an empty or cut file behind: a ``config.yaml`` cut that way would make ``resd train --resume``
@@ -11,25 +11,33 @@ file or the new one, never a mixture.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+
+def fsync_dir(path: str | Path) -> None:
+    """Flush a directory's entries (a rename inside it) to disk; a no-op where that is not possible."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> Path:
     """Replace ``path`` by ``text`` atomically (temporary file, fsync, rename). Returns the path."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one writer per file and process
     try:
-        with os.fdopen(fd, "w", encoding=encoding) as f:
+        with open(tmp, "w", encoding=encoding) as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual mode
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp.exists():
+            tmp.unlink()
     return path

@@ -69,13 +69,13 @@ def _samples(run_dir: Path) -> list[tuple]:
 
 
 # Why weights are compared to 1e-5 and not bit for bit: two *uninterrupted* runs of this config
-# on the same CPU are not always bit-identical. In one of about 180 runs on this project's AVX-512
-# Xeon (and once in CI) an uninterrupted run's weights after 4 steps differed from the usual result
+# on the same CPU are not always bit-identical. In one of about 200 runs on this project's AVX-512
+# Xeon (and, most likely, in stop 18's CI run) an uninterrupted run's weights after 4 steps differed from the usual result
 # by up to 1.3e-7 (its step-2 loss by 2e-4 relative, its sampled tokens not at all): an effect of the
 # platform's floating-point kernels, not isolated further, that no resume is involved in, and that
 # made the bitwise check fail at random. Forgetting a piece of state on resume moves the weights by
-# far more (measured with this config: optimizer moments 2.7e-3, data position 1.3e-3, teacher
-# 4.0e-4, learning-rate schedule during warm-up 2.5e-4), so 1e-5 still catches each of them. The
+# far more (measured on this smoke config, resumed in-process at step 2 of 4: optimizer moments
+# 2.7e-3, data position 1.3e-3, teacher 4.0e-4, learning-rate schedule during warm-up 2.5e-4), so 1e-5 still catches each of them. The
 # global RNG state moves no weight here (rollouts draw from per-sequence seeds), so what was sampled
 # must match exactly: that covers the sampling seeds and the data order.
 RESUME_ATOL = 1e-5
@@ -194,7 +194,7 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     assert path.read_text() == "seed: 1\n"
     umask = os.umask(0)
     os.umask(umask)
-    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # the usual mode, not mkstemp's 0600
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # the mode of any new file, not 0600
     with pytest.raises(UnicodeEncodeError):
         atomic_write_text(path, "seed: 2\n\ud800")  # fails half-way through the write
     assert path.read_text() == "seed: 1\n"  # Path.write_text would have left a cut file
@@ -204,12 +204,12 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
 
 
 def test_resume_rewrites_run_files_without_losing_lines(tiny_config, tmp_path):
-    run = tmp_path / "run"
-    trainer = build_trainer(tiny_config("train.steps=2", "logging.save_every=1", f"logging.run_dir={run}"))
+    run = tmp_path / "run"  # tiny_config's run directory
+    trainer = build_trainer(tiny_config("train.steps=2", "logging.save_every=1"))
     trainer.train()
     with (run / "metrics.jsonl").open("a") as f:
         f.write('{"step": 3, "loss/distill": 0.1}\n{"step": 4, "loss')  # a step after the checkpoint, then a cut line
-    again = build_trainer(tiny_config("train.steps=2", f"logging.run_dir={run}"))
+    again = build_trainer(tiny_config("train.steps=2"))
     assert again.resume() and again.step == 2
     assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     assert not [p.name for p in run.iterdir() if p.name.startswith(".")]
