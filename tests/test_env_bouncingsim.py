@@ -17,6 +17,7 @@ from resd.envs.bouncingsim.dataset import DEFAULT_SIZES, base_seed, generate_row
 from resd.envs.bouncingsim.feedback import INCORRECT_FORMAT_MESSAGE, NEARLY_CORRECT_HINT, TRUNCATED_MESSAGE
 from resd.envs.bouncingsim.reference import reference_response
 from resd.envs.bouncingsim.scene import Scene
+from resd.sandbox import TestOutcome
 
 
 @pytest.fixture(scope="module")
@@ -305,13 +306,18 @@ def test_fuzz_scoring_never_raises(row, scene):
     small = first_tests(row, 2)
     good = reference_response(scene)
 
-    class Garbage:
-        def __init__(self):
-            self.status = rng.choice(["ok", "error", "timeout", "memory", "killed"])
-            self.stdout = rng.choice(["", "@@RESD-BOUNCINGSIM-RESULT@@", "@@RESD-BOUNCINGSIM-RESULT@@{\"kind\": \"value\", \"json\": \"[[1, 2], [3, 4], [5, 6]]\"}", _mutate(good, rng)])
-            self.stderr, self.returncode = "", rng.choice([0, 1, -9, None])
+    def garbage(code, calls, **kwargs):
+        return [
+            TestOutcome(
+                rng.choice(["ok", "error", "timeout", "skipped"]),
+                value=rng.choice(["", "[[1, 2], [3, 4], [5, 6]]", "[[1, 2]]", _mutate(good, rng)]),
+                phase=rng.choice(["", "define", "call", "resolve"]),
+                error=rng.choice(["", "KeyError: 1", "ProcessError: (exit code 4)"]),
+            )
+            for _ in calls
+        ]
 
-    stubbed = BouncingSimEnv(run_python=lambda *a, **k: Garbage())
+    stubbed = BouncingSimEnv(run_sandbox=garbage)
     alphabet = "`python\n ()[]:=.,0123456789abcdef_"
     for i in range(2000):
         if i % 2:

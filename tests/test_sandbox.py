@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from resd import sandbox
-from resd.sandbox import run_python, run_tests
+from resd.sandbox import harness, launch, run_python, run_tests
 
 IS_ROOT = os.geteuid() == 0
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -29,8 +29,8 @@ def _configs() -> list:
         "rlimits" in sandbox.available_modes()
         and IS_ROOT
         and os.path.exists(SYSTEM_PYTHON)
-        and sandbox._reachable_by_others(SYSTEM_PYTHON)
-        and not sandbox._reachable_by_others(sys.executable)
+        and launch.reachable_by_others(SYSTEM_PYTHON)
+        and not launch.reachable_by_others(sys.executable)
     ):
         configs.append(pytest.param("rlimits", SYSTEM_PYTHON, id="rlimits-uid-drop"))
     return configs
@@ -41,7 +41,7 @@ CONFIGS = _configs()
 
 def _drops_uid(mode: str, python: str | None) -> bool:
     return IS_ROOT and (
-        mode == "bwrap" or (mode == "rlimits" and sandbox._reachable_by_others(python or sys.executable))
+        mode == "bwrap" or (mode == "rlimits" and launch.reachable_by_others(python or sys.executable))
     )
 
 
@@ -75,6 +75,12 @@ def _leftovers(token: str, wait_s: float = 3.0) -> list[int]:
         if not found or time.monotonic() > deadline:
             return found
         time.sleep(0.05)
+
+
+@pytest.fixture(autouse=True)
+def _consent_to_weak_modes(monkeypatch):
+    """The weak modes are exercised here on purpose (their refusal is tested separately)."""
+    monkeypatch.setenv(sandbox.UNISOLATED_OPT_IN, "1")
 
 
 @pytest.fixture
@@ -344,20 +350,21 @@ def test_bwrap_is_used_when_installed():
         (-signal.SIGKILL, "", "", "killed"),
         (137, "", "", "killed"),
         (-9, "", "timeout", "timeout"),
-        (-9, "", "idle", "timeout"),
+        (-9, "", "memory", "memory"),
         (-9, "", "output", "killed"),
         (0, "MemoryError", "", "ok"),
     ],
 )
 def test_status_classification(returncode, stderr, stopped, status):
-    assert sandbox._classify(returncode, stderr, stopped, 1.0, 1.0, 100, "bwrap")[0] == status
+    assert launch.classify(returncode, stderr, stopped, 1.0, 100, "bwrap")[0] == status
 
 
-def test_idle_timeout_stops_a_silent_program():
-    result = run_python("import time\nprint('a', flush=True)\ntime.sleep(30)", timeout_s=20, idle_timeout_s=0.5)
-    assert result.status == "timeout" and "no output" in result.reason
-    assert result.stdout == "a\n"
-    assert result.wall_s < 3
+def test_output_does_not_extend_the_time_limit():
+    """Writing keeps no timer alive: the wall-clock limit is the judge's, counted from the start."""
+    chatty = "import time\nwhile True:\n    print('tick', flush=True)\n    time.sleep(0.01)\n"
+    result = run_python(chatty, timeout_s=1.0)
+    assert result.status == "timeout" and "wall-clock" in result.reason
+    assert 1.0 <= result.wall_s < 2.0
 
 
 def test_large_stdin_is_fed_without_deadlock():
@@ -386,10 +393,14 @@ def f(a, b=0):
     if a == 5:
         return {1, 2}
     if a == 6:
-        # try to forge a report line on the real stdout (the nonce is unknown to it)
+        # try to forge a reply on every descriptor (the test's random id is unknown to it)
         import os
-        for guess in ("NONCE", "0" * 32, ""):
-            os.write(1, ("\\n" + guess + ' {"i": 6, "status": "ok", "value": "42"}\\n').encode())
+        for fd in range(1, 20):
+            for guess in ("ready", "0" * 32, ""):
+                try:
+                    os.write(fd, ("\\n" + guess + ' {"status": "ok", "value": "42"}\\n').encode())
+                except OSError:
+                    pass
         return -1
     if a == 8:
         return [1] * 100000
@@ -406,7 +417,6 @@ def helper(x):
 def test_harness_call_tests_and_recovery_from_dying_programs():
     tests = [{"kind": "call", "fn_name": "f", "args": [a], "kwargs": {"b": 10}} for a in (0, 1, 2, 3, 4, 5, 6, 7, 9)]
     tests[7]["args"] = [8]
-    tests[7]["output_cap"] = 1000
     start = time.monotonic()
     out = run_tests(HARNESS_CODE, tests, time_limit_s=0.5)
     elapsed = time.monotonic() - start
@@ -423,7 +433,7 @@ def test_harness_call_tests_and_recovery_from_dying_programs():
     assert out[5].error == "Non-serializable result type: set" and out[5].frames == []
     # a forged report line cannot stand in for a test: the real one says -1
     assert out[6].value == "-1"
-    assert out[7].overflow and len(out[7].value) == 1000
+    assert not out[7].overflow and out[7].value == "[" + ",".join(["1"] * 100000) + "]"
     assert out[8].value == "19"
     assert elapsed < 8
 
@@ -445,12 +455,10 @@ def test_harness_stdin_and_code_tests():
         "sys.stdout.buffer.write(str(sum(map(int, data))).encode())\n"
     )
     assert run_tests(binary, [{"kind": "stdin", "stdin": "1 2 3"}])[0].value == "6"
-    checks = run_tests(
-        "def sq(x):\n    return x * x\n",
-        [{"kind": "code", "source": "assert sq(3) == 9"}, {"kind": "code", "source": "assert sq(3) == 8"}],
-    )
-    assert [o.status for o in checks] == ["ok", "error"]
-    assert checks[1].error.startswith("AssertionError")
+    reads_fd0 = "print(sum(map(int, open(0).read().split())))\n"
+    assert run_tests(reads_fd0, [{"kind": "stdin", "stdin": "4 5"}])[0].value == "9\n"
+    with pytest.raises(ValueError, match="kind"):
+        run_tests("pass", [{"kind": "code", "source": "assert True"}])  # judged inside: forgeable, refused
 
 
 def test_harness_syntax_error_and_solution_class():
@@ -478,31 +486,14 @@ def test_harness_stop_after_timeouts_total_timeout_and_workers():
     assert run_tests(program, []) == []
 
 
-def test_report_parser_never_raises_on_garbage():
+def test_reply_parser_never_raises_on_garbage():
     rng = random.Random(0)
-    nonce = "abc"
-    alphabet = [
-        "{",
-        "}",
-        '"',
-        ":",
-        ",",
-        "i",
-        "status",
-        "ok",
-        "error",
-        "0",
-        "1",
-        "-",
-        "frames",
-        "[",
-        "]",
-        " ",
-        "\n",
-        "abc ",
-        "null",
-    ]
+    alphabet = ['{', '}', '"', ':', ',', "status", "ok", "error", "value", "frames", "lineno", "0", "1", "-",
+                "[", "]", " ", "null", "true", "overflow"]  # fmt: skip
     for _ in range(3000):
-        line = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
-        reports = sandbox._parse_reports(line + "\nabc " + line, nonce)
-        assert all(r.status in ("ok", "error", "timeout") for r in reports.values())
+        line = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))).encode()
+        record = harness._parse(line)
+        if record is not None:
+            outcome = harness._outcome(record, 0.1)
+            assert outcome.status in ("ok", "error") and isinstance(outcome.value, str)
+            assert all(isinstance(f["lineno"], int) for f in outcome.frames)

@@ -31,6 +31,7 @@ from typing import Any
 
 from resd import sandbox
 from resd.envs import register
+from resd.envs.assert_tests import AssertCall, assert_holds, parse_assert_tests
 from resd.envs.base import DataError, Environment, Example, Feedback, Message
 
 INCORRECT_FORMAT = "Incorrect format"
@@ -103,6 +104,12 @@ def parse_tests(raw: Any) -> dict[str, Any]:
         raise DataError(f"tests: field 'time_limit' must be a number, got {time_limit!r}") from None
     if time_limit is not None and not time_limit > 0:
         raise DataError(f"tests: field 'time_limit' must be positive, got {time_limit!r}")
+    if raw["testtype"] == "code":
+        for i, source in enumerate(inputs):
+            try:
+                parse_assert_tests(source)
+            except DataError as e:
+                raise DataError(f"tests: input {i}: {e}") from None
     return {**raw, "fn_name": fn_name, "time_limit": time_limit}
 
 
@@ -257,11 +264,6 @@ def error_text(outcome: sandbox.TestOutcome) -> str:
     return ERROR_PREFIX + "\n".join(lines)
 
 
-def _output_cap(expected: str) -> int:
-    # enough room for any output that could still match after whitespace normalization
-    return 2 * len(expected.encode("utf-8")) + 65536
-
-
 def run_test_cases(
     code: str,
     tests: dict[str, Any],
@@ -282,22 +284,22 @@ def run_test_cases(
     testtype, fn_name = tests["testtype"], tests["fn_name"]
     limit = tests["time_limit"] if tests["time_limit"] is not None else DEFAULT_TIME_LIMIT_S
     records: list[TestRecord | None] = [None] * n
-    specs: list[dict[str, Any]] = []
-    expected_of: dict[int, Any] = {}
+    specs: list[dict[str, Any]] = []  # one per call: a case of an assert-style test may make several
+    owners: list[tuple[int, Any]] = []  # (case index, what that call's result is compared with)
     for i in range(n):
         test_input, test_output = tests["inputs"][i], tests["outputs"][i]
         try:
-            spec, expected = _spec(testtype, fn_name, test_input, test_output)
-        except (ValueError, TypeError, RecursionError) as e:
+            pairs = _specs(testtype, fn_name, test_input, test_output)
+        except (ValueError, TypeError, RecursionError, DataError) as e:
             actual = f"{ERROR_PREFIX}{type(e).__name__}: could not read this test case ({e})"
             records[i] = TestRecord(i, test_input, test_output, actual, False)
             continue
-        spec["index"] = i
-        specs.append(spec)
-        expected_of[i] = expected
+        for spec, expected in pairs:
+            specs.append(spec)
+            owners.append((i, expected))
     outcomes = sandbox.run_tests(
         code,
-        [{k: v for k, v in s.items() if k != "index"} for s in specs],
+        specs,
         time_limit_s=limit * timeout_scale + timeout_slack_s,
         memory_mb=memory_mb,
         filename=FILENAME,
@@ -306,14 +308,19 @@ def run_test_cases(
         stop_after_timeouts=stop_after_timeouts,
         mode=sandbox_mode,
     )
-    for spec, outcome in zip(specs, outcomes, strict=True):
-        i = spec["index"]
-        records[i] = _judge(i, testtype, tests["inputs"][i], expected_of[i], outcome)
+    for (i, expected), outcome in zip(owners, outcomes, strict=True):
+        record = _judge(i, testtype, tests["inputs"][i], expected, outcome)
+        if records[i] is None or (records[i].passed and not record.passed):  # a case fails on its first failing call
+            records[i] = record
     return [r for r in records if r is not None]
 
 
-def _spec(testtype: str, fn_name: str, test_input: Any, test_output: Any) -> tuple[dict[str, Any], Any]:
-    """The sandbox test for one case and what it is compared with."""
+def _specs(testtype: str, fn_name: str, test_input: Any, test_output: Any) -> list[tuple[dict[str, Any], Any]]:
+    """The sandbox calls for one case, each with what its result is compared with.
+
+    Output caps are constants (:data:`resd.sandbox.OUTPUT_CAP`): a cap derived from the expected
+    output would tell the program the answer's size.
+    """
     if testtype == "functional":
         if isinstance(test_input, dict):
             args, kwargs = [], test_input
@@ -322,17 +329,21 @@ def _spec(testtype: str, fn_name: str, test_input: Any, test_output: Any) -> tup
         else:
             args, kwargs = parse_json_args(str(test_input)), {}
         expected_value = json.loads(test_output) if isinstance(test_output, str) else test_output
-        expected = canonical_json(expected_value)
-        spec = {"kind": "call", "fn_name": fn_name, "args": args, "kwargs": kwargs, "output_cap": _output_cap(expected)}
-        return spec, (expected, test_output)
+        spec = {"kind": "call", "fn_name": fn_name, "args": args, "kwargs": kwargs}
+        return [(spec, (canonical_json(expected_value), test_output))]
     if testtype == "stdin":
-        expected = trim_expected_stdout(str(test_output))
-        return {"kind": "stdin", "stdin": str(test_input), "output_cap": _output_cap(expected)}, expected
-    return {"kind": "code", "source": str(test_input)}, None
+        return [({"kind": "stdin", "stdin": str(test_input)}, trim_expected_stdout(str(test_output)))]
+    calls = parse_assert_tests(test_input)
+    return [({"kind": "call", "fn_name": c.fn_name, "args": c.args, "kwargs": c.kwargs}, c) for c in calls]
 
 
 def _judge(i: int, testtype: str, test_input: Any, expected: Any, outcome: sandbox.TestOutcome) -> TestRecord:
-    shown_expected = expected[1] if testtype == "functional" else expected
+    if testtype == "functional":
+        shown_expected = expected[1]
+    elif testtype == "code":
+        shown_expected = repr(expected.expected) if expected.check != "truthy" else None
+    else:
+        shown_expected = expected
     if outcome.status in ("timeout", "skipped"):
         return TestRecord(
             i, test_input, shown_expected, TIMEOUT, False, outcome.debug, skipped=outcome.status == "skipped"
@@ -345,7 +356,9 @@ def _judge(i: int, testtype: str, test_input: Any, expected: Any, outcome: sandb
     if testtype == "stdin":
         passed = not outcome.overflow and normalize_stdout(outcome.value) == normalize_stdout(expected)
         return TestRecord(i, test_input, shown_expected, outcome.value.strip(), passed, outcome.debug)
-    return TestRecord(i, test_input, shown_expected, "All tests pass", True, outcome.debug)
+    call: AssertCall = expected
+    passed = not outcome.overflow and assert_holds(call, outcome.value)
+    return TestRecord(i, call.source, shown_expected, outcome.display, passed, outcome.debug)
 
 
 def tests_of(example: Example) -> Any:

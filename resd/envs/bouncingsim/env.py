@@ -15,7 +15,7 @@ from resd.envs.bouncingsim.runner import (
     MEMORY_MB,
     TIME_LIMIT_S,
     CaseResult,
-    RunPython,
+    RunTests,
     extract_code,
     run_tests,
 )
@@ -26,13 +26,14 @@ class BouncingSimEnv(Environment):
     """BouncingSim-Easy / Medium (RESD reference, section 5.2).
 
     ``score`` is 1.0 only if every test passes (sparse), ``acc`` the fraction passed. Each test
-    runs the extracted program in a fresh sandboxed process with a ``time_limit_s`` budget.
+    calls the extracted program's ``predict_position`` in the sandbox with a ``time_limit_s`` budget
+    (see :mod:`resd.envs.bouncingsim.runner`).
 
     Args:
         difficulty: "easy" or "medium": the data ``load_split`` generates when given no path.
-        time_limit_s: wall-clock limit per test process.
-        memory_mb: address-space limit per test process.
-        run_python: the sandbox entry point (defaults to ``resd.sandbox.run_python``).
+        time_limit_s: wall-clock limit per test.
+        memory_mb: memory of the whole sandbox.
+        run_sandbox: stands in for ``resd.sandbox.run_tests`` (tests of the judging logic).
     """
 
     name = "bouncingsim"
@@ -44,14 +45,14 @@ class BouncingSimEnv(Environment):
         *,
         time_limit_s: float = TIME_LIMIT_S,
         memory_mb: int = MEMORY_MB,
-        run_python: RunPython | None = None,
+        run_sandbox: RunTests | None = None,
     ) -> None:
         if difficulty not in DIFFICULTIES:
             raise ValueError(f"unknown difficulty {difficulty!r}; choose one of {sorted(DIFFICULTIES)}")
         self.difficulty = difficulty
         self.time_limit_s = time_limit_s
         self.memory_mb = memory_mb
-        self.run_python = run_python
+        self.run_sandbox = run_sandbox
 
     def prompt_messages(self, example: Example) -> list[Message]:
         messages = example.get("messages", example.get("prompt"))
@@ -97,7 +98,7 @@ class BouncingSimEnv(Environment):
             }
             return Feedback(0.0, 0.0, format_feedback([record], truncated=truncated), details)
         records = run_tests(
-            code, tests, lines, time_limit_s=self.time_limit_s, memory_mb=self.memory_mb, run_python=self.run_python
+            code, tests, lines, time_limit_s=self.time_limit_s, memory_mb=self.memory_mb, run_sandbox=self.run_sandbox
         )
         passed = sum(r.passed for r in records)
         acc = passed / len(records)

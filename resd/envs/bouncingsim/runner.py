@@ -1,7 +1,9 @@
 """Running a program against the tests of a scene: code extraction, safety filter, sandbox.
 
-Every test runs in a fresh sandboxed process (``resd.sandbox.run_python``) with a 1.0 s limit,
-as upstream does. The outcome of each test is a :class:`CaseResult`.
+Each test calls ``predict_position(t)`` through :func:`resd.sandbox.run_tests` with a 1.0 s limit
+on the judging side's clock; the program is executed afresh for every test. Only the returned
+positions (plain data) come back; the expected positions and the distance check stay here, so the
+program cannot see or forge them. The outcome of each test is a :class:`CaseResult`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from resd.envs.bouncingsim import distance, driver
+from resd.envs.bouncingsim import distance
 from resd.envs.bouncingsim.checks import ParsedAssert, ball_distances, check_distance
 
 TIME_LIMIT_S = 1.0
@@ -90,20 +92,22 @@ def blocked_pattern(code: str) -> str | None:
     return next((p for p in BLOCKED_PATTERNS if p in code), None)
 
 
+SOLUTION_FILE = "<solution>"
+
+
 @lru_cache(maxsize=1)
-def driver_source() -> str:
-    """The sandboxed test program: ``check_distance`` followed by the driver."""
-    parts = [Path(module.__file__).read_text(encoding="utf-8") for module in (distance, driver)]
-    return "\n\n".join(parts)
+def prelude_source() -> str:
+    """The helpers a program may call (``check_distance``), as source for the sandbox."""
+    return Path(distance.__file__).read_text(encoding="utf-8")
 
 
-RunPython = Callable[..., Any]
+RunTests = Callable[..., list[Any]]
 
 
-def _default_run_python() -> RunPython:
-    from resd.sandbox import run_python
+def _default_run_tests() -> RunTests:
+    from resd.sandbox import run_tests as sandbox_run_tests
 
-    return run_python
+    return sandbox_run_tests
 
 
 def run_tests(
@@ -113,9 +117,12 @@ def run_tests(
     *,
     time_limit_s: float = TIME_LIMIT_S,
     memory_mb: int = MEMORY_MB,
-    run_python: RunPython | None = None,
+    run_sandbox: RunTests | None = None,
 ) -> list[CaseResult]:
-    """Run ``code`` (already extracted) against every test and return one record per test."""
+    """Run ``code`` (already extracted) against every test and return one record per test.
+
+    ``run_sandbox`` stands in for :func:`resd.sandbox.run_tests` (same signature and outcomes).
+    """
 
     def record(i: int, passed: bool, actual: str, **extra: Any) -> CaseResult:
         return CaseResult(i, assert_texts[i], tests[i].time_text, tests[i].time, passed, actual, **extra)
@@ -125,77 +132,70 @@ def run_tests(
     try:
         with warnings.catch_warnings():  # the model's SyntaxWarnings are not ours to log
             warnings.simplefilter("ignore")
-            compile(code, "<solution>", "exec")
+            compile(code, SOLUTION_FILE, "exec")
     except (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError) as e:
         # ValueError: null bytes in the source; the others: pathological nesting or literals
         return [
             record(i, False, f"{ERROR_PREFIX}Syntax Error: {e}", debug="Compilation failed.") for i in range(len(tests))
         ]
-    run = run_python or _default_run_python()
-    source = driver_source()
-    records = []
-    for i, test in enumerate(tests):
-        request = json.dumps({"code": code, "t": test.time})
-        result = run(source, stdin=request, timeout_s=time_limit_s, memory_mb=memory_mb)
-        records.append(_judge(record, i, test, result, time_limit_s, memory_mb))
-    return records
+    run = run_sandbox or _default_run_tests()
+    calls = [{"kind": "call", "fn_name": "predict_position", "args": [t.time], "fallback": False} for t in tests]
+    outcomes = run(
+        code,
+        calls,
+        time_limit_s=time_limit_s,
+        memory_mb=memory_mb,
+        filename=SOLUTION_FILE,
+        prelude=prelude_source(),
+        prelude_names=["check_distance"],
+    )
+    return [_judge(record, i, test, outcome, time_limit_s, memory_mb) for i, (test, outcome) in enumerate(zip(tests, outcomes))]
 
 
-def _payload(stdout: Any) -> dict[str, Any] | None:
-    if isinstance(stdout, bytes):
-        stdout = stdout.decode("utf-8", errors="replace")
-    if not isinstance(stdout, str):
-        return None
-    at = stdout.rfind(driver.RESULT_MARK)
-    if at < 0:
-        return None
-    line = stdout[at + len(driver.RESULT_MARK) :].split("\n", 1)[0]
-    try:
-        payload = json.loads(line)
-    except ValueError:
-        return None
-    return payload if isinstance(payload, dict) else None
+def _error_message(outcome: Any, memory_mb: int) -> str:
+    """The feedback line of a test that ended in an error, in upstream's words where it has them."""
+    error = str(getattr(outcome, "error", "") or "Unknown error.")
+    phase = getattr(outcome, "phase", "")
+    if phase == "define":
+        return f"DefinitionError: {error}"
+    if phase == "call" and error.startswith("Non-serializable result type: "):
+        kind = error[len("Non-serializable result type: ") :][:80]
+        return f"TypeError: predict_position must return a list of [x, y] number pairs, got a value of type {kind}"
+    if phase == "call":
+        trace = str(getattr(outcome, "traceback", "") or "").rstrip()
+        return f"{error}\n{trace}" if trace else error
+    if phase == "resolve":
+        return error
+    if error.startswith("MemoryError"):
+        return f"MemoryError: the program exceeded the memory limit of {memory_mb} MB"
+    if error.startswith("OutputLimitExceeded"):
+        return "Killed: the program was stopped before it returned a result (output over the limit)"
+    if "killed by signal" in error:
+        return f"Killed: the program was stopped before it returned a result ({error[error.find('killed by'):][:100]}"
+    code = re.search(r"exit code (-?\d+)", error)
+    return f"ProcessExit: the program ended (exit code {code.group(1) if code else '?'}) before predict_position returned"
 
 
 def _judge(
     record: Callable[..., CaseResult],
     i: int,
     test: ParsedAssert,
-    result: Any,
+    outcome: Any,
     time_limit_s: float,
     memory_mb: int,
 ) -> CaseResult:
-    status = getattr(result, "status", "error")
-    # a result printed before the process was stopped counts, as upstream's shared-memory result did
-    payload = _payload(getattr(result, "stdout", ""))
-    if payload is None:
-        if status == "timeout":
-            return record(i, False, ERROR_PREFIX + timeout_message(time_limit_s))
-        if status == "memory":
-            message = f"MemoryError: the program exceeded the memory limit of {memory_mb} MB"
-        elif status == "killed":
-            reason = str(getattr(result, "reason", "") or "stopped by the sandbox")
-            message = f"Killed: the program was stopped before it returned a result ({reason})"
-        else:
-            code = getattr(result, "returncode", None)
-            message = f"ProcessExit: the program ended (exit code {code}) before predict_position returned"
-        return record(i, False, ERROR_PREFIX + message)
-    kind = payload.get("kind")
-    if kind in ("definition_error", "exception"):
-        return record(i, False, ERROR_PREFIX + str(payload.get("error", "Unknown error.")))
-    text = payload.get("json")
-    seconds = payload.get("seconds") if isinstance(payload.get("seconds"), (int, float)) else None
-    if not isinstance(text, str):
-        return record(
-            i,
-            False,
-            ERROR_PREFIX + "TypeError: predict_position must return a list of [x, y] number pairs, "
-            f"got a value of type {str(payload.get('type', '?'))[:80]}",
-            seconds=seconds,
-        )
-    debug = f"actual_output={text}"
+    status = getattr(outcome, "status", "error")
+    seconds = getattr(outcome, "time_s", None)
+    seconds = float(seconds) if isinstance(seconds, (int, float)) else None
+    if status in ("timeout", "skipped"):
+        return record(i, False, ERROR_PREFIX + timeout_message(time_limit_s))
+    if status != "ok":
+        return record(i, False, ERROR_PREFIX + _error_message(outcome, memory_mb)[:4000], seconds=seconds)
+    text = getattr(outcome, "value", "")
+    debug = f"actual_output={text}" if isinstance(text, str) else ""
     try:
         actual = json.loads(text)
+        debug = f"actual_output={json.dumps(actual)}"  # as upstream prints it (with spaces)
         avg = check_distance(actual, test.expected)
     except (TypeError, ValueError, OverflowError, RecursionError) as e:
         return record(i, False, f"{ERROR_PREFIX}{type(e).__name__}: {e}", debug=debug, seconds=seconds)
