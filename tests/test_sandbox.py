@@ -497,3 +497,153 @@ def test_reply_parser_never_raises_on_garbage():
             outcome = harness._outcome(record, 0.1)
             assert outcome.status in ("ok", "error") and isinstance(outcome.value, str)
             assert all(isinstance(f["lineno"], int) for f in outcome.frames)
+
+
+# ---------------------------------------------------------------- integrity of the judging side
+
+
+@pytest.mark.parametrize("weak", sandbox.WEAK_MODES)
+def test_weak_modes_refuse_model_code_without_explicit_consent(weak, monkeypatch):
+    monkeypatch.delenv(sandbox.UNISOLATED_OPT_IN, raising=False)
+    monkeypatch.setenv("RESD_SANDBOX", weak)  # naming the mode is not consent
+    for call in (lambda: run_python("print(1)"), lambda: run_python("print(1)", mode=weak)):
+        with pytest.raises(sandbox.SandboxUnavailable, match=sandbox.UNISOLATED_OPT_IN) as info:
+            call()
+        assert "answer keys" in str(info.value) and "bubblewrap" in str(info.value)
+    with pytest.raises(sandbox.SandboxUnavailable, match=sandbox.UNISOLATED_OPT_IN):
+        run_tests("def f():\n    return 1\n", [{"kind": "call", "fn_name": "f"}], mode=weak)
+    monkeypatch.setenv(sandbox.UNISOLATED_OPT_IN, "1")
+    if weak in sandbox.available_modes():
+        assert run_python("print(1)", mode=weak).stdout == "1\n"
+
+
+def test_installed_packages_and_resd_data_are_invisible():
+    if "bwrap" not in sandbox.available_modes():
+        pytest.skip("bubblewrap not installed")
+    import resd
+
+    data_file = "code_problems.jsonl"
+    code = (
+        "import os, sys\n"
+        "for name in ('resd', 'torch', 'pymunk', 'numpy', 'transformers'):\n"
+        "    try:\n"
+        "        __import__(name)\n"
+        "        print('imported', name)\n"
+        "    except ImportError:\n"
+        "        pass\n"
+        "hits = []\n"
+        "for top in ('/usr', '/etc', '/opt', '/root', '/home', '/tmp', '/work', '/srv', '/var', sys.prefix):\n"
+        "    for root, dirs, files in os.walk(top):\n"
+        f"        hits += [os.path.join(root, f) for f in files if f == {data_file!r} or f == 'distance.py']\n"
+        "print('hits', hits)\n"
+        f"print('package', os.path.exists({os.path.dirname(resd.__file__)!r}))\n"
+    )
+    result = run_python(code, mode="bwrap", timeout_s=60)
+    assert result.status == "ok", result
+    assert "imported" not in result.stdout
+    assert "hits []" in result.stdout and "package False" in result.stdout
+
+
+def test_the_time_limit_cannot_be_switched_off_from_inside():
+    slow = (
+        "import signal, time\n"
+        "def f(x):\n"
+        "    signal.setitimer(signal.ITIMER_REAL, 0)\n"
+        "    signal.alarm(0)\n"
+        "    signal.signal(signal.SIGALRM, signal.SIG_IGN)\n"
+        "    for _ in range(30):\n"
+        "        print('still working', flush=True)\n"
+        "        time.sleep(0.1)\n"
+        "    return x\n"
+    )
+    start = time.monotonic()
+    out = run_tests(slow, [{"kind": "call", "fn_name": "f", "args": [k]} for k in range(3)], time_limit_s=0.5)
+    assert [o.status for o in out] == ["timeout"] * 3
+    assert time.monotonic() - start < 4.0  # 3 x 0.5 s plus start-ups, not 3 x 3 s
+
+
+def test_inode_limit_of_the_working_directory():
+    if not (sandbox.mode() == "bwrap" and IS_ROOT):
+        pytest.skip("the inode limit is set by the privileged bwrap launch")
+    code = (
+        "import os\nn = 0\ntry:\n    for n in range(300000):\n        open(f'f{n}', 'w').close()\n"
+        "except OSError as e:\n    print('stopped at', n, type(e).__name__)\n"
+    )
+    result = run_python(code, timeout_s=20)
+    assert result.status == "ok", result
+    stopped = int(result.stdout.split()[2])
+    assert stopped < 5000
+
+
+def test_memory_is_capped_for_the_whole_sandbox_not_per_process():
+    """Six children of 150 MB each under a 300 MB sandbox: at most two can hold their memory."""
+    code = (
+        "import os, time\n"
+        "kids = []\n"
+        "for _ in range(6):\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        block = bytearray(150 << 20)\n"
+        "        for i in range(0, len(block), 4096):\n"
+        "            block[i] = 1\n"
+        "        time.sleep(1)\n"
+        "        os._exit(0)\n"
+        "    kids.append(pid)\n"
+        "held = sum(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0 for pid in kids)\n"
+        "print('held', held)\n"
+    )
+    result = run_python(code, memory_mb=300, timeout_s=15)
+    assert result.wall_s < 10
+    if result.status == "ok":  # a cgroup: the kernel killed children over the limit
+        assert int(result.stdout.split()[1]) <= 2, result
+    else:  # the watchdog stopped the whole sandbox
+        assert result.status == "memory", result
+
+
+def test_watchdog_fallback_stops_a_tree_over_its_memory(monkeypatch):
+    from resd.sandbox import limits
+
+    monkeypatch.setattr(limits, "_kind_cache", ["watchdog"])
+    code = (
+        "import os, time\n"
+        "for _ in range(4):\n"
+        "    if os.fork() == 0:\n"
+        "        block = bytearray(120 << 20)\n"
+        "        for i in range(0, len(block), 4096):\n"
+        "            block[i] = 1\n"
+        "        time.sleep(30)\n"
+        "        os._exit(0)\n"
+        "time.sleep(30)\n"
+    )
+    result = run_python(code, memory_mb=300, timeout_s=15)
+    assert result.status == "memory", result
+    assert result.wall_s < 10
+
+
+@pytest.mark.parametrize("name", ["bwrap", "rlimits"])
+def test_no_process_outlives_its_callers_sigkill(name, token, tmp_path):
+    if name not in sandbox.available_modes():
+        pytest.skip(f"{name} does not work here")
+    program = (
+        "import os, sys, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        "        os.execve(sys.executable, [sys.executable, '-c', 'import time; time.sleep(60)', sys.argv[1]], {})\n"
+        "    os._exit(0)\n"
+        "print('detached', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    caller = (
+        "import sys\nfrom resd.sandbox import run_python\n"
+        f"run_python({program!r}, mode={name!r}, timeout_s=60, args=[{token!r}])\n"
+    )
+    env = {**os.environ, sandbox.UNISOLATED_OPT_IN: "1"}
+    proc = psutil.Popen([sys.executable, "-c", caller], env=env, cwd=tmp_path)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and len(_leftovers(token, wait_s=0)) < 2:
+        time.sleep(0.05)
+    assert len(_leftovers(token, wait_s=0)) >= 2, "the detached process never started"
+    proc.kill()
+    proc.wait()
+    # the token fixture asserts that nothing carrying the token is left

@@ -32,7 +32,6 @@ from resd.sandbox.modes import is_root
 
 STATUSES = ("ok", "error", "timeout", "memory", "killed")
 WORKDIR = "/tmp/sandbox"  # the program's working directory in bwrap mode
-FILES_DIR = "/.resd-sandbox"  # where bwrap mounts the program's files before they are copied to WORKDIR
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
 INODES = 4096  # files and directories the program may create in its tmpfs
 _UID_BASE = 100_000
@@ -177,9 +176,10 @@ def _bwrap_filesystem(python: str, host_dir: str, files: Sequence[str], tmpfs_by
         fs += ["--perms", "0555", "--size", "4096", "--tmpfs", hidden]
     fs += ["--ro-bind-try", "/sys/devices/system/cpu", "/sys/devices/system/cpu"]
     fs += ["--dev", "/dev", "--proc", "/proc"]
-    fs += ["--perms", "0755", "--dir", FILES_DIR]
+    fs += ["--perms", "0777", "--dir", WORKDIR]
     for f in files:
-        fs += ["--ro-bind", os.path.join(host_dir, f), f"{FILES_DIR}/{f}"]
+        fs += ["--ro-bind", os.path.join(host_dir, f), f"{WORKDIR}/{f}"]
+    fs += ["--chdir", WORKDIR]
     return fs
 
 
@@ -214,20 +214,15 @@ def build_command(
         ns += ["--die-with-parent", "--new-session"]
         fs = _bwrap_filesystem(python, host_dir, files, lim.tmpfs_mb << 20)
         if uid is not None:
-            # bwrap runs privileged (no user namespace); a shell inside, still privileged, mounts the
-            # working tmpfs with an inode limit (bwrap has no option for it), then drops to the
-            # per-run uid, which RLIMIT_NPROC counts
-            mount = (
-                f"mount -t tmpfs -o size={lim.tmpfs_mb << 20},nr_inodes={INODES},mode=1777,nosuid,nodev tmpfs /tmp"
-            )
-            copy = f"mkdir -m 0777 {WORKDIR} && cp {' '.join(f'{FILES_DIR}/{f}' for f in files)} {WORKDIR}/"
+            # bwrap runs privileged (no user namespace); a shell inside, still privileged, gives the
+            # working tmpfs an inode limit (bwrap has no option for it), then drops to the per-run
+            # uid, which RLIMIT_NPROC counts
             drop = f"setpriv --reuid={uid} --regid={uid} --clear-groups --inh-caps=-all --bounding-set=-all --"
-            script = f'{mount} && {copy} && cd {WORKDIR} && exec {drop} "$@"'
+            script = f'mount -o remount,nr_inodes={INODES} /tmp && exec {drop} "$@"'
             caps = ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SYS_ADMIN"]
             inner = ["/bin/sh", "-c", script, "sh", *py]
             return [*rlimits, f"--nproc={lim.max_processes}", "bwrap", *ns, *fs, *caps, "--", *inner], host_dir
-        script = f'mkdir -m 0777 {WORKDIR} && cp {FILES_DIR}/* {WORKDIR}/ && cd {WORKDIR} && exec "$@"'
-        inner = ["/bin/sh", "-c", script, "sh", "prlimit", f"--nproc={lim.max_processes}", *py]
+        inner = ["prlimit", f"--nproc={lim.max_processes}", *py]
         return [*rlimits, "bwrap", "--unshare-user", *ns, *fs, "--", *inner], host_dir
     reaper = [sys.executable, "-I", "-S", "-B", str(_REAPER)]
     if name == "unshare":

@@ -10,14 +10,33 @@ the per-uid ``RLIMIT_NPROC`` of the launch.
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
 __all__ = ["Cgroup", "Watchdog", "create_cgroup", "describe", "kind"]
 
 _kind_cache: list[str] = []
+_leftover_lock = threading.Lock()
+_leftover: list[Path] = []  # cgroups whose last processes were still exiting; removed later
+
+
+def _remove_leftovers() -> None:
+    with _leftover_lock:
+        for d in list(_leftover):
+            try:
+                os.rmdir(d)
+                _leftover.remove(d)
+            except FileNotFoundError:
+                _leftover.remove(d)
+            except OSError:
+                continue
+
+
+atexit.register(_remove_leftovers)
 
 
 def _mounts() -> list[tuple[str, str, str]]:
@@ -151,7 +170,7 @@ class Cgroup:
 
     def remove(self) -> None:
         for d in self.dirs:
-            for _ in range(200):
+            for _ in range(100):
                 try:
                     os.rmdir(d)
                     break
@@ -160,11 +179,15 @@ class Cgroup:
                 except OSError:  # processes still exiting
                     self.kill_all()
                     time.sleep(0.005)
+            else:
+                with _leftover_lock:
+                    _leftover.append(d)
 
 
 def create_cgroup(token: str, memory_bytes: int, max_processes: int) -> Cgroup | None:
     """A fresh cgroup capping memory (no swap) and processes, or None where none can be made."""
     which = kind()
+    _remove_leftovers()
     name = f"resd-sandbox-{token}"
     made: list[Path] = []
     try:
