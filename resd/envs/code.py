@@ -14,7 +14,11 @@ problem set written for this project (``data/code_problems.jsonl``); the train s
 random half of each problem's tests, as SDPO's LiveCodeBench split does.
 
 Deliberate differences from the upstream harness (each only changes cases it got wrong):
-the OS sandbox replaces its builtin/import whitelist; functional inputs are read as a sequence of
+the OS sandbox replaces its builtin/import whitelist, and the program never shares a process with
+the comparison (upstream runs asserts and compares inside the program's process, where a result with
+an always-true ``__eq__`` or a faked pass line forges the reward): assert-style tests are parsed into
+calls by :mod:`resd.envs.assert_tests` and refused at load time when they cannot be, and output caps
+are constants (a cap derived from the expected output tells the program its size); functional inputs are read as a sequence of
 JSON values (so ``[1, 2]`` and strings with spaces work); a ``Solution`` class method is found when
 ``fn_name`` is not a top-level function; ``sys.exit(0)`` ends a stdin program normally; line numbers
 of stdin programs are not shifted by one; a program that dies is reported as a runtime error.
