@@ -207,6 +207,8 @@ class _Job:
             return TestOutcome("error", error="MemoryError: out of memory")
         if run.stopped_for == "output":
             return TestOutcome("error", error="OutputLimitExceeded: the program wrote too much output")
+        if status == "ok":
+            return TestOutcome("error", error="ProcessError: the program exited (exit code 0) before the test finished")
         return TestOutcome("error", error=f"ProcessError: the program terminated abnormally ({reason or status})")
 
 
