@@ -4,7 +4,9 @@ Nothing in this module raises on model output: every entry point accepts any obj
 result whose ``ok`` flag says whether parsing succeeded, with the reason in ``error``.
 
 JSON is looked for in this order (RESD.md 2.4 step 4): the whole text; the first fenced block
-(```json or plain ```) that parses to an object; the first balanced ``{...}`` object that parses.
+(```json or plain ```) that parses to an object, among the first 256 blocks; the first balanced
+``{...}`` object that parses, among the first 256 by start within the first 64 KiB. Every scan is
+linear in the text, whatever it holds (model output is hostile input).
 Bullet tags have one more fallback, a regex for ``"id": "<slug>-NNNNN", "tag": "<word>"`` in either
 key order, which accepts any slug length (bug B6 of the release required 3+ letters).
 """
@@ -12,9 +14,13 @@ key order, which accepts any slug length (bug B6 of the release required 3+ lett
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import re
+from collections.abc import Iterator
 from typing import Any
+
+from resd.textscan import search_end
 
 #: the reflector/curator response is skipped when it starts with this marker
 EMPTY_RESPONSE_MARKER = "INCORRECT_DUE_TO_EMPTY_RESPONSE"
@@ -30,8 +36,14 @@ OPERATION_KEYS: dict[str, dict[str, type]] = {
     "MERGE": {"ids": list},
 }
 
-# at most this many balanced candidates are handed to json.loads (bounds the work on hostile text)
+# at most this many fenced blocks and this many balanced candidates are handed to json.loads, and
+# balanced candidates are looked for in the first _MAX_BRACE_SCAN characters only (the brace scan is
+# a Python loop over structural characters: about 15 ms per 64 KB of "{"); reflector and curator
+# outputs are bounded by their token budget, far below that
 _MAX_BRACE_CANDIDATES = 256
+_MAX_BRACE_SCAN = 1 << 16
+# what json.loads needs after the "{" of an object: JSON whitespace, then a key or "}"
+_OBJECT_START = re.compile(r'\{[ \t\n\r]*["}]')
 
 _THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\r?\n?(.*?)```", re.DOTALL)
@@ -48,7 +60,8 @@ def strip_thinking(text: Any) -> str:
     and everything after it (thinking cut off by the length limit). Non-str input gives ""."""
     if not isinstance(text, str):
         return ""
-    text = _THINK_BLOCK.sub("", text)
+    cut = search_end(text, "</think>")  # linear: no block ends after the last </think>
+    text = _THINK_BLOCK.sub("", text[:cut]) + text[cut:]
     end = text.find("</think>")
     if end >= 0:
         text = text[end + len("</think>"):]
@@ -99,6 +112,12 @@ def balanced_objects(text: str) -> list[tuple[int, int]]:
     return spans
 
 
+def _fenced_blocks(text: str) -> Iterator[str]:
+    """The contents of the first fenced blocks (at most ``_MAX_BRACE_CANDIDATES``), in order."""
+    matches = _FENCE.finditer(text, 0, search_end(text, "```"))
+    return (match.group(2) for match in itertools.islice(matches, _MAX_BRACE_CANDIDATES))
+
+
 def extract_json_object(text: Any) -> tuple[dict[str, Any] | None, str]:
     """The first JSON object found in ``text`` and where it came from.
 
@@ -109,12 +128,13 @@ def extract_json_object(text: Any) -> tuple[dict[str, Any] | None, str]:
     obj = _loads_object(text.strip())
     if obj is not None:
         return obj, "whole"
-    for match in _FENCE.finditer(text):
-        obj = _loads_object(match.group(2).strip())
+    for block in _fenced_blocks(text):
+        obj = _loads_object(block.strip())
         if obj is not None:
             return obj, "fence"
-    for start, end in balanced_objects(text)[:_MAX_BRACE_CANDIDATES]:
-        obj = _loads_object(text[start:end])
+    for start, end in balanced_objects(text[:_MAX_BRACE_SCAN])[:_MAX_BRACE_CANDIDATES]:
+        # json.loads fails at once unless "{" is followed by a key or "}"; skip the copy then
+        obj = _loads_object(text[start:end]) if _OBJECT_START.match(text, start) else None
         if obj is not None:
             return obj, "braces"
     return None, "none"

@@ -53,7 +53,7 @@ TEST_TYPES = ("functional", "stdin", "code")
 
 DATA_FILE = Path(__file__).parent / "data" / "code_problems.jsonl"
 
-_FENCED = re.compile(r"```(\w*)\n(.*?)```", re.DOTALL)
+_FENCED = re.compile(r"```\w*\n(.*?)```", re.DOTALL)  # one group: findall gives the bodies
 
 PROMPT_TEMPLATE = (
     "You are an expert Python programmer. Solve the programming problem below with a program that passes "
@@ -75,7 +75,9 @@ def extract_code(response: str) -> str | None:
     """The longest fenced code block (```` ```lang\\n...``` ````) of ``response``, or None."""
     if not isinstance(response, str):
         return None
-    blocks = [m.group(2) for m in _FENCED.finditer(response)]
+    # Every block ends with ```, so searching only up to the last one finds the same blocks, and
+    # then each tried opening finds its closing instead of scanning to the end (linear time).
+    blocks = _FENCED.findall(response, 0, response.rfind("```") + 3)
     return max(blocks, key=len) if blocks else None
 
 

@@ -38,7 +38,11 @@ def extract_answer(response: str) -> str:
     """
     if not isinstance(response, str):
         return ""
-    return response.split("<answer>")[-1].split("</answer>")[0].strip()
+    # as response.split("<answer>")[-1].split("</answer>")[0], without the lists of pieces
+    start = response.rfind("<answer>")
+    start = start + len("<answer>") if start >= 0 else 0
+    end = response.find("</answer>", start)
+    return response[start:end if end >= 0 else len(response)].strip()
 
 
 def well_formed(response: str) -> bool:

@@ -80,7 +80,9 @@ class CaseResult:
 def extract_code(response: str) -> str | None:
     """The last fenced block (```python ... ``` or ``` ... ```), stripped; None if there is none
     or it is empty."""
-    blocks = _CODE_BLOCK.findall(response)
+    # Every block ends with ```, so searching only up to the last one finds the same blocks, and
+    # then each tried opening finds its closing instead of scanning to the end (linear time).
+    blocks = _CODE_BLOCK.findall(response, 0, response.rfind("```") + 3)
     if not blocks:
         return None
     code = blocks[-1].strip()

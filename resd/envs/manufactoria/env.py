@@ -17,13 +17,14 @@ from resd.envs.manufactoria import generator
 from resd.envs.manufactoria.checking import ERROR_PREFIX, TapeTest, run_tests
 from resd.envs.manufactoria.feedback import format_feedback, incorrect_format_feedback
 from resd.envs.manufactoria.interpreter import MAX_STEPS
+from resd.textscan import search_end
 
 _CODE_BLOCK = re.compile(r"```(?:manufactoria)?(.*?)```", re.DOTALL)
 
 
 def extract_code(response: str) -> str | None:
     """The stripped content of the last ```` ``` ```` block (optionally tagged ``manufactoria``), or None."""
-    matches = _CODE_BLOCK.findall(response)
+    matches = _CODE_BLOCK.findall(response, 0, search_end(response, "```"))  # linear: see search_end
     return matches[-1].strip() if matches else None
 
 
