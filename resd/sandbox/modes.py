@@ -123,6 +123,7 @@ def protection(mode_name: str | None = None) -> str:
             if is_root()
             else "the caller's uid inside a user namespace"
         )
+        # util-linux mount refuses a non-root uid even inside bwrap's user namespace
         tmp = "size- and inode-limited tmpfs" if is_root() else "size-limited tmpfs (no inode limit without root)"
         return (
             "bubblewrap: new PID/network/IPC/UTS namespaces (no network; every process dies with the sandbox "
