@@ -76,20 +76,40 @@ def _checkpoint_dir(run_dir: Path, which: str) -> Path:
 
 
 def load_policy(config, run_dir: Path | None = None, which: str = "latest"):
-    """(model, tokenizer) from a config, with a run's checkpoint weights when ``run_dir`` is given."""
+    """(model, tokenizer) from a config, with a run's checkpoint weights when ``run_dir`` is given.
+
+    A full-parameter checkpoint holds every weight under the model's own names; a LoRA checkpoint
+    (``model.lora.enabled``) holds only the student adapter under PEFT's names, so the adapter is
+    rebuilt over the base weights of ``model.name``, loaded and merged into a plain model.
+    """
     import torch
 
     from resd.models import load_model, load_tokenizer
-    from resd.trainer.checkpoint import load_checkpoint
+    from resd.trainer.checkpoint import CheckpointError, load_checkpoint
 
     tokenizer = load_tokenizer(config.model.tokenizer or config.model.name)
     model = load_model(config.model.name, config.model.precision, tokenizer, tiny=config.model.tiny)
     if run_dir is not None:
-        tensors, _, _ = load_checkpoint(_checkpoint_dir(run_dir, which))
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, value in tensors["student"].items():
-                params[name].copy_(value)
+        path = _checkpoint_dir(run_dir, which)
+        student = load_checkpoint(path)[0]["student"]
+        if any("lora_" in name for name in student):
+            from resd.models.lora import apply_lora, load_adapters
+
+            lc = config.model.lora
+            model = apply_lora(model, lc.r, lc.alpha, lc.dropout, lc.target_modules)
+            load_adapters(model, student)
+            model = model.merge_and_unload()
+        else:
+            params = dict(model.named_parameters())
+            unknown = sorted(set(student) - set(params))
+            missing = sorted(set(params) - set(student))
+            if unknown or missing:
+                raise CheckpointError(f"{path}: the student weights do not fit model.name={config.model.name!r}: "
+                                      f"{len(unknown)} unknown (e.g. {unknown[:1]}), {len(missing)} missing "
+                                      f"(e.g. {missing[:1]})")
+            with torch.no_grad():
+                for name, value in student.items():
+                    params[name].copy_(value)
     model.requires_grad_(False)
     return model, tokenizer
 
@@ -187,7 +207,14 @@ def _solve(args: argparse.Namespace) -> int:
     from resd.trainer import build_trainer
     from resd.trainer.trainer import seed_everything
 
-    config = load_config(preset=args.preset or "demo", path=args.config, overrides=args.overrides)
+    run_dir = Path(args.run) if args.run else None
+
+    def make_config(extra: list[str]):
+        if run_dir is not None:  # the run's own config; its checkpoint is loaded below
+            return _load_run_config(run_dir, [*args.overrides, *extra])
+        return load_config(preset=args.preset or "demo", path=args.config, overrides=[*args.overrides, *extra])
+
+    config = make_config([])
     env = envs.load(config.data.env, **config.data.env_kwargs)
     rows = env.load_split(args.split, None, None)
     matches = [r for r in rows if env.example_id(r) == args.example] or (
@@ -204,16 +231,17 @@ def _solve(args: argparse.Namespace) -> int:
     for seed in range(args.seeds):
         seed_everything(config.seed + seed)
         if args.method in ("sdpo", "resd"):
-            algo = ["algorithm=resd"] if args.method == "resd" else []
-            cfg = load_config(preset=args.preset or "demo", path=args.config,
-                              overrides=[*args.overrides, *algo, f"seed={config.seed + seed}", "logging.progress=false"])
+            algo = ["algorithm=resd"] if args.method == "resd" else (
+                [] if config.algorithm in ("sdpo", "sdpo+ss") else ["algorithm=sdpo"])
+            if config.algorithm == "grpo":  # a GRPO run's config pins loss.pg_weight=1
+                algo.append("loss.pg_weight=0.0")
+            cfg = make_config([*algo, f"seed={config.seed + seed}", "logging.progress=false"])
             trainer = build_trainer(cfg, env=env, train_rows=[example], run_dir=out / f"seed-{seed}")
+            if run_dir is not None:
+                trainer.load_weights(_checkpoint_dir(run_dir, args.step))
             result = solve_with_self_distillation(trainer, example, args.budget, config.eval.success_threshold)
         else:
-            from resd.models import load_model, load_tokenizer
-
-            tokenizer = load_tokenizer(config.model.tokenizer or config.model.name)
-            model = load_model(config.model.name, config.model.precision, tokenizer, tiny=config.model.tiny)
+            model, tokenizer = load_policy(config, run_dir, args.step)
             result = solve_without_training(args.method, env, example, HFGenerator(model, tokenizer, r.batch_size),
                                             tokenizer, sampling, args.budget, r.batch_size, config.eval.success_threshold,
                                             args.max_context, config.model.chat_template_kwargs)
@@ -290,7 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     solve = sub.add_parser("solve", help="test-time self-distillation on one problem (and its baselines)",
                            description="Repeatedly sample attempts at one problem; with sdpo/resd take a "
                            "self-distillation step after every failed round. Reports discovery@k.")
-    solve.add_argument("--preset", help="config preset (default: demo)")
+    solve.add_argument("--run", metavar="RUN_DIR", help="start from this run's checkpoint (with its config)")
+    solve.add_argument("--step", default="latest", help="checkpoint of --run: a step number, 'latest' or 'best'")
+    solve.add_argument("--preset", help="config preset when no --run is given (default: demo)")
     solve.add_argument("--config", help="a YAML config file")
     solve.add_argument("--split", default="test")
     solve.add_argument("--example", required=True, help="example id or row index in the split")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from resd.context.reprompt import RepromptConfig
 
@@ -80,7 +80,11 @@ class RolloutConfig(Section):
 
 
 class TrainConfig(Section):
-    steps: int = Field(10, ge=0, description="training steps (each: rollouts for batch_size prompts + update)")
+    steps: int | None = Field(
+        10, ge=0, description="training steps to run, in every loop: one step = rollouts for batch_size prompts and "
+        "their update (ceil(batch_size / mini_batch_size) optimizer steps); in the stream loop one inner iteration. "
+        "null: no cap, the stream loop runs the whole split (or stream.num_batches); the plain loop needs a number"
+    )
     batch_size: int = Field(32, ge=1, description="prompts per step")
     mini_batch_size: int | None = Field(None, ge=1, description="prompts per optimizer step; None = batch_size (on-policy)")
     micro_batch_tokens: int = Field(8192, ge=1, description="token budget of one forward/backward micro-batch")
@@ -106,8 +110,12 @@ class LossConfig(Section):
     add_tail: bool = True
     full_logit: bool = True
     is_clip: float | None = Field(2.0, gt=0)
-    teacher_min_ratio: float | None = Field(None, gt=0)
-    teacher_max_ratio: float | None = Field(None, gt=0)
+    teacher_min_ratio: float | None = Field(
+        None, description="teacher floor max(t, sg(s) + log r_min) (RESD arXiv 2605.12741: 0.2); in (0, 1], None: off"
+    )
+    teacher_max_ratio: float | None = Field(
+        None, gt=0, description="teacher ceiling min(t, sg(s) + log r_max); >= teacher_min_ratio, None: off"
+    )
     aggregation: Literal["seq-mean-token-mean", "token-mean"] = "seq-mean-token-mean"
     # GRPO
     clip_low: float = Field(0.2, ge=0)
@@ -115,6 +123,21 @@ class LossConfig(Section):
     dual_clip: float | None = Field(3.0, gt=1)
     norm_adv_by_std: bool = False
     pg_aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
+
+    @field_validator("teacher_min_ratio")
+    @classmethod
+    def _min_ratio_in_unit_interval(cls, value: float | None) -> float | None:
+        if value is not None and not 0.0 < value <= 1.0:
+            raise ValueError("loss.teacher_min_ratio must lie in (0, 1] (a floor on the teacher's probability "
+                             "relative to the student's), or be null")
+        return value
+
+    @model_validator(mode="after")
+    def _min_ratio_not_above_max_ratio(self) -> LossConfig:
+        lo, hi = self.teacher_min_ratio, self.teacher_max_ratio
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(f"loss.teacher_min_ratio ({lo}) must not exceed loss.teacher_max_ratio ({hi})")
+        return self
 
     @model_validator(mode="after")
     def _sampled_token_needs_reverse_kl(self) -> LossConfig:
@@ -148,7 +171,8 @@ RepromptSection = _section_of(RepromptConfig, _RepromptLimits, "RepromptSection"
 class EvalConfig(Section):
     """Validation during training and the defaults of ``resd eval`` (RESD.md §4: n=4, T=0.6, top_p=0.95)."""
 
-    every_steps: int = Field(0, ge=0, description="validate every N training steps (0: never; stream: see stream.val_every_batches)")
+    every_steps: int = Field(0, ge=0, description="validate every N training steps (0: never), in every loop; "
+                             "the stream loop also validates every stream.val_every_batches outer batches")
     every_rollouts: int = Field(0, ge=0, description="validate each time the rollout count passes a multiple of N (0: never)")
     save_best: bool = Field(True, description="checkpoint when the best validation metric improves")
     before_train: bool = False
@@ -189,6 +213,10 @@ class ReflectorConfig(Section):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(0.95, gt=0, le=1)
     max_prompt_tokens: int = Field(8192, ge=1, description="longer reflector/curator prompts keep their end")
+    max_response_chars: int | None = Field(
+        None, ge=2, description="middle-clip the response shown to the reflector to N characters (null: the whole "
+        "response, as the reference; set it when responses can exceed max_prompt_tokens)"
+    )
 
 
 class ResdConfig(Section):
@@ -221,6 +249,16 @@ class ResdConfig(Section):
     reflector: ReflectorConfig = Field(default_factory=ReflectorConfig)
 
 
+class DistConfig(Section):
+    """Multi-process runs (``torchrun``; resd.distributed)."""
+
+    timeout_s: float = Field(
+        1800.0, gt=0, description="limit of every collective: one that does not complete in time (ranks out of "
+        "step, a dead or stuck rank) fails with an error naming the step instead of hanging; it must exceed the "
+        "longest time a rank waits for another (rank 0's validation, a checkpoint)"
+    )
+
+
 class LoggingConfig(Section):
     run_dir: str | None = Field(None, description="default: runs/<name>-<timestamp>")
     log_every: int = Field(1, ge=1)
@@ -251,12 +289,20 @@ class Config(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     stream: StreamConfig = Field(default_factory=StreamConfig)
     resd: ResdConfig = Field(default_factory=ResdConfig)
+    dist: DistConfig = Field(default_factory=DistConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="after")
     def _grpo_is_pure_policy_gradient(self) -> Config:
         if self.algorithm == "grpo" and self.loss.pg_weight != 1.0:
             self.loss.pg_weight = 1.0  # so that the saved config says what the trainer does
+        return self
+
+    @model_validator(mode="after")
+    def _uncapped_steps_need_the_stream_loop(self) -> Config:
+        if self.train.steps is None and not self.uses_stream:
+            raise ValueError("train.steps=null (no cap: one pass over the split) needs the stream loop "
+                             "(algorithm=resd or stream.enabled=true); give train.steps a number")
         return self
 
     @property
@@ -360,6 +406,8 @@ def _format_validation_error(error: ValidationError) -> str:
         key = ".".join(str(p) for p in item["loc"]) or "(top level)"
         if item["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key")
+        elif isinstance(item.get("input"), dict):  # a check across keys: its message names them
+            lines.append(f"  {key}: {item['msg']}")
         else:
             lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
     return "\n".join(lines)

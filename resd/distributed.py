@@ -12,28 +12,56 @@ Launch with ``torchrun --nproc_per_node N -m resd.cli train ...``. Each rank:
 - generates with an unsharded replica of the student that receives the new weights after every
   optimizer step (the same contract a colocated vLLM engine has).
 
+Every rank must call the same collectives in the same order with matching arguments. The helpers
+of :class:`DistInfo` keep that promise even where ranks hold different data (``all_reduce_sum``
+agrees on the keys first), and a collective that does not complete within ``dist.timeout_s`` fails
+with a :class:`CollectiveError` naming the step instead of hanging.
+
 Everything here is a no-op in a single process.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 
+DEFAULT_TIMEOUT_S = 1800.0  # torch's own default for gloo and NCCL
+T = TypeVar("T")
+
+
+class CollectiveError(RuntimeError):
+    """A collective failed or timed out: the ranks' calls no longer line up, or a rank died or hangs."""
+
+
+def is_collective_failure(error: BaseException) -> bool:
+    """Whether an exception comes from a failed or timed-out collective (gloo, NCCL or the c10d store)."""
+    if isinstance(error, CollectiveError) or isinstance(error, getattr(dist, "DistError", ())):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(
+        marker in text for marker in ("Timed out waiting", "gloo", "NCCL", "Connection closed by peer", "Connection reset"))
+
+
 @dataclasses.dataclass
 class DistInfo:
-    """Where this process stands. ``world == 1`` means single-process (nothing is initialized)."""
+    """Where this process stands. ``world == 1`` means single-process (nothing is initialized).
+
+    ``where`` says what the process is doing ("training step 3", ...); a failed collective names it.
+    """
 
     rank: int = 0
     world: int = 1
     mesh: Any = None
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    where: str = "start-up"
 
     @property
     def enabled(self) -> bool:
@@ -49,49 +77,72 @@ class DistInfo:
         start = self.rank * base + min(self.rank, extra)
         return slice(start, start + base + (1 if self.rank < extra else 0))
 
+    def collective_error(self, what: str, error: BaseException) -> CollectiveError:
+        """The error to raise when collective ``what`` failed: it names the step, the rank and the limit."""
+        return CollectiveError(
+            f"{self.where}: collective {what} failed on rank {self.rank} of {self.world} (limit dist.timeout_s="
+            f"{self.timeout_s:g} s): the ranks' collectives no longer line up, or another rank died or hangs: {error}")
+
+    def _collective(self, what: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except CollectiveError:
+            raise
+        except Exception as e:  # gloo raises RuntimeError on a timeout, NCCL DistBackendError
+            raise self.collective_error(what, e) from e
+
     def all_gather(self, obj: Any) -> list[Any]:
         """Every rank's ``obj``, in rank order (a one-element list in a single process)."""
         if not self.enabled:
             return [obj]
         out: list[Any] = [None] * self.world
-        dist.all_gather_object(out, obj)
+        self._collective("all_gather", lambda: dist.all_gather_object(out, obj))
         return out
 
     def all_reduce_max(self, value: int) -> int:
         if not self.enabled:
             return value
         t = torch.tensor([value], dtype=torch.long)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        self._collective("all_reduce(max)", lambda: dist.all_reduce(t, op=dist.ReduceOp.MAX))
         return int(t.item())
 
     def all_reduce_sum(self, values: dict[str, float]) -> dict[str, float]:
-        if not self.enabled or not values:
+        """Sums of ``values`` over the ranks. The ranks first agree on the keys (a key missing on a rank
+        counts 0 there), so every rank makes the same calls even when one has nothing to report."""
+        if not self.enabled:
             return values
-        keys = sorted(values)
-        t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        keys = sorted({k for part in self.all_gather(sorted(values)) for k in part})
+        if not keys:
+            return {}
+        t = torch.tensor([float(values.get(k, 0.0)) for k in keys], dtype=torch.float64)
+        self._collective("all_reduce(sum)", lambda: dist.all_reduce(t, op=dist.ReduceOp.SUM))
         return dict(zip(keys, t.tolist(), strict=True))
 
     def barrier(self) -> None:
         if self.enabled:
-            dist.barrier()
+            self._collective("barrier", dist.barrier)
 
 
-def init_distributed() -> DistInfo:
-    """Join the process group started by ``torchrun`` (gloo on CPU, NCCL on GPUs), if any."""
+def init_distributed(timeout_s: float | None = None) -> DistInfo:
+    """Join the process group started by ``torchrun`` (gloo on CPU, NCCL on GPUs), if any.
+
+    ``timeout_s`` (config key ``dist.timeout_s``) bounds every collective: one that does not complete
+    in time fails (gloo raises, NCCL's watchdog aborts the process) instead of hanging.
+    """
+    timeout_s = DEFAULT_TIMEOUT_S if timeout_s is None else float(timeout_s)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return DistInfo()
+        return DistInfo(timeout_s=timeout_s)
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     rank = dist.get_rank()
     from torch.distributed.device_mesh import init_device_mesh
 
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     if device_type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    return DistInfo(rank, dist.get_world_size(), init_device_mesh(device_type, (dist.get_world_size(),)))
+    return DistInfo(rank, dist.get_world_size(), init_device_mesh(device_type, (dist.get_world_size(),)), timeout_s)
 
 
 def shard_model(model: torch.nn.Module, info: DistInfo, param_dtype: torch.dtype | None = None,

@@ -70,3 +70,18 @@ def test_grpo_config_reports_its_pure_policy_gradient():
     from resd.config import load_config
 
     assert load_config("smoke", overrides=["algorithm=grpo"]).loss.pg_weight == 1.0
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["loss.teacher_min_ratio=1.5"], r"loss\.teacher_min_ratio.*\(0, 1\]"),
+    (["loss.teacher_min_ratio=0"], r"loss\.teacher_min_ratio"),
+    (["loss.teacher_min_ratio=-0.2"], r"loss\.teacher_min_ratio"),
+    (["loss.teacher_min_ratio=0.5", "loss.teacher_max_ratio=0.4"], r"loss\.teacher_min_ratio.*loss\.teacher_max_ratio"),
+    (["loss.teacher_max_ratio=0"], r"loss\.teacher_max_ratio"),
+])
+def test_teacher_ratio_bounds_are_checked_and_name_the_key(overrides, message):
+    """Issue 21, bug 8: the teacher floor ratio lies in (0, 1] and is not above the ceiling."""
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=overrides)
+    assert load_config(overrides=["loss.teacher_min_ratio=1", "loss.teacher_max_ratio=1"]).loss.teacher_min_ratio == 1.0
+    assert load_config(overrides=["loss.teacher_min_ratio=0.2"]).loss.teacher_max_ratio is None

@@ -106,3 +106,25 @@ def test_compact_is_selected_by_the_config(tiny_config):
     trainer = build_trainer(cfg)
     assert trainer.updater.config.curator_template.startswith("You keep a playbook of short lessons")
     assert trainer.updater.config.reflector_template.startswith("A model answered the task below incorrectly")
+
+
+def test_reflector_sees_the_whole_response_unless_a_cap_is_configured():
+    """Issue 21, bug 7: the reference reflector reads the whole response; resd.reflector.max_response_chars
+    (default null) middle-clips it when set."""
+    from resd.config import load_config
+    from resd.trainer.stream import updater_config
+
+    long = "x" * 4000 + "MIDDLE" + "y" * 4000
+    item = UpdateItem(example_id="ex-0", prompt="p", response=long, feedback="wrong", acc=0.0)
+    seen: list[str] = []
+
+    def script(conversations):
+        seen.extend(m[-1]["content"] for m in conversations)
+        return Script()(conversations)
+
+    ContextUpdater(updater_config(load_config())).update([item], script)
+    assert long in seen[0], "the default configuration clips the response shown to the reflector"
+    seen.clear()
+    cfg = load_config(overrides=["resd.reflector.max_response_chars=100"])
+    ContextUpdater(updater_config(cfg)).update([item], script)
+    assert "MIDDLE" not in seen[0] and "x" * 50 + "\n...[truncated]...\n" + "y" * 50 in seen[0]

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -30,11 +31,12 @@ def _env():
             "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def _train(run_dir: Path, overrides: list[str], procs: int = 1, resume: bool = False) -> subprocess.CompletedProcess:
+def _train(run_dir: Path, overrides: list[str], procs: int = 1, resume: bool = False,
+           timeout: float = 900) -> subprocess.CompletedProcess:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"] if procs > 1 else [sys.executable]
     args = ["train", "--resume", str(run_dir)] if resume else ["train", "--preset", "smoke", f"logging.run_dir={run_dir}"]
     result = subprocess.run([*launcher, "-m", "resd.cli", *args, *overrides], env=_env(), capture_output=True, text=True,
-                            timeout=900)
+                            timeout=timeout)
     assert result.returncode == 0, result.stderr[-4000:]
     return result
 
@@ -84,3 +86,56 @@ def test_resume_under_two_processes(tmp_path):
     assert state["step"] == 2
     _assert_close(s1, s2)
     _assert_close(t1, t2)
+
+
+# Issue 21, bug 1: a rank that runs only dummy micro-batches must make the same collectives as the others.
+HALF = ["data.env=resd_test_plugins:HalfSignalEnv", "train.mini_batch_size=2", "dist.timeout_s=60"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["grpo", "sdpo"])
+def test_a_rank_with_nothing_to_train_on_does_not_hang(tmp_path, algorithm):
+    """GRPO with mini-batches (a rank whose prompt has all-zero advantages) and SDPO where one rank has no
+    distillation target: two processes finish both steps and agree with one process."""
+    extra = [*COMMON, *HALF, f"algorithm={algorithm}"]
+    _train(tmp_path / "one", extra)
+    _train(tmp_path / "two", extra, procs=2, timeout=240)  # before the fix: stuck in step 1 until killed
+    (_, one), (_, two) = step_dirs(tmp_path / "one" / "checkpoints")[-1], step_dirs(tmp_path / "two" / "checkpoints")[-1]
+    assert json.loads((one / "state.json").read_text())["step"] == json.loads((two / "state.json").read_text())["step"] == 2
+    _assert_close(load_file(str(one / "student.safetensors")), load_file(str(two / "student.safetensors")))
+    lines1 = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    lines2 = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    # each step trains on the even rows only: half of the samples, summed over both ranks
+    assert [r["actor/update_samples"] for r in lines2] == [r["actor/update_samples"] for r in lines1] == [4.0, 4.0]
+
+
+MISMATCH = """
+import sys, time
+from resd.distributed import CollectiveError, init_distributed
+
+info = init_distributed(timeout_s=float(sys.argv[1]))
+info.where = "training step 7"
+start = time.monotonic()
+if info.rank == 1:  # skips the collective (as a rank with only dummy micro-batches did) and stays busy
+    time.sleep(20 * float(sys.argv[1]))
+    sys.exit(0)
+try:
+    info.all_reduce_sum({"loss/pg": 1.0})
+except CollectiveError as e:
+    print(f"rank {info.rank} failed after {time.monotonic() - start:.1f} s: {e}", flush=True)
+    sys.exit(3)
+print(f"rank {info.rank} went through", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_collective_mismatch_fails_with_an_error_naming_the_step(tmp_path):
+    script = tmp_path / "mismatch.py"
+    script.write_text(MISMATCH)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    start = time.monotonic()
+    result = subprocess.run([*launcher, str(script), "3"], env=_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "went through" not in result.stdout, result.stdout
+    assert "rank 0 failed after" in result.stdout and "training step 7" in result.stdout, result.stdout + result.stderr[-2000:]
+    assert "dist.timeout_s=3" in result.stdout  # the error says which key sets the limit
+    assert time.monotonic() - start < 50  # the 3 s limit, not rank 1's 60 s of sleep

@@ -285,3 +285,22 @@ def test_train_split_needs_a_path_and_reads_it(env, tmp_path):
         env.load_split("train", path=str(path))
     with pytest.raises(DataError):
         env.load_split("dev")
+
+
+def test_task_and_test_case_metrics_follow_the_paper(env):
+    """Issue 21, bug 3: per task = the whole task solved, per test case = fraction of tags (RESD arXiv 2605.12741,
+    section 5): 3 of 4 tags right is task 0 and test-case 0.75, and eval.best_metric task/mean ranks on it."""
+    from resd.evaluation.evaluate import summarize
+
+    def group(response):
+        fb = env.score(response, ROW)
+        return [{"score": fb.score, "acc": fb.acc, "length": 1, "truncated": False}]
+
+    three = answer("InterestExpense,DebtInstrumentFaceAmount,LesseeOperatingLeaseTermOfContract,Wrong")
+    summary = summarize(env, [group(three)], 1, 1.0)
+    assert (summary["task/mean@1"], summary["test_case/mean@1"]) == (0.0, 0.75), summary
+    # the best checkpoint by task/mean is the one that solves a whole task, not the one with more right tags
+    solved_one = summarize(env, [group(answer(LABEL)), group(answer("A,B,C,D"))], 1, 1.0)
+    three_each = summarize(env, [group(three), group(three)], 1, 1.0)
+    assert solved_one["task/mean@1"] > three_each["task/mean@1"]
+    assert solved_one["test_case/mean@1"] < three_each["test_case/mean@1"]

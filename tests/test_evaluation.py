@@ -75,6 +75,24 @@ def test_pass_at_k_edge_cases():
     assert math.isclose(mean_pass_at_k([[True]], 2), 0.0)  # prompts with fewer than k samples are skipped
 
 
+@pytest.mark.parametrize("name", ["arithmetic", "mcq", "manufactoria", "bouncingsim", "code"])
+def test_task_is_the_whole_task_solved_and_test_case_the_fraction_in_every_env(name):
+    """Issue 21, bug 3: a sample passing 3 of 4 checks counts 0 per task and 0.75 per test case, whether the
+    reward is sparse or dense (Manufactoria with sparse=False scores 0.75 too). FiNER: tests/test_env_finer.py."""
+    import resd.envs
+    from resd.evaluation.evaluate import summarize
+
+    try:
+        env = resd.envs.load(name, **({"sparse": False} if name == "manufactoria" else {}))
+    except Exception as e:  # an optional dependency of one environment
+        pytest.skip(f"{name}: {e}")
+    for score in (0.0, 0.75):
+        summary = summarize(env, [[{"score": score, "acc": 0.75, "length": 1, "truncated": False}]], 1, 1.0)
+        assert (summary["task/mean@1"], summary["test_case/mean@1"]) == (0.0, 0.75), (name, score)
+    summary = summarize(env, [[{"score": 1.0, "acc": 1.0, "length": 1, "truncated": False}]], 1, 1.0)
+    assert (summary["task/mean@1"], summary["test_case/mean@1"]) == (1.0, 1.0)
+
+
 def test_validation_during_training_writes_files_and_keeps_the_best(tiny_config):
     from resd.trainer import build_trainer
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -101,3 +103,36 @@ def test_lora_resume_is_exact_and_checkpoints_hold_adapters_only(tiny_config, tm
     resumed.train()
     for (n, a), (_, b) in zip(straight.model.named_parameters(), resumed.model.named_parameters(), strict=True):
         assert torch.equal(a, b), n
+
+
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full-parameter"])
+def test_eval_and_solve_load_a_run_of_either_kind(tiny_config, tmp_path, lora):
+    """Issue 21, bug 2: `resd eval --run` and `resd solve --run` load a LoRA run (PEFT adapter names in the
+    checkpoint) as well as a full-parameter run, and the loaded policy is the trained one."""
+    from resd.cli import _checkpoint_dir, load_policy, main
+    from resd.trainer import build_trainer
+
+    cfg = tiny_config(*(LORA if lora else ("train.lr=1e-2",)), "train.steps=1", "rollout.max_new_tokens=4")
+    trainer = build_trainer(cfg)
+    run_dir = trainer.train()
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    with torch.no_grad():
+        trained = trainer.model(ids).logits
+        loaded = load_policy(cfg, run_dir)[0](ids).logits
+        untrained = load_policy(cfg, None)[0](ids).logits
+    torch.testing.assert_close(loaded, trained, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(untrained, trained)
+
+    # test-time training from the run starts from its weights
+    again = build_trainer(cfg, run_dir=tmp_path / "again")
+    again.load_weights(_checkpoint_dir(run_dir, "latest"))
+    with torch.no_grad():
+        torch.testing.assert_close(again.model(ids).logits, trained, rtol=1e-4, atol=1e-5)
+
+    assert main(["eval", "--run", str(run_dir), "--limit", "2", "--k", "1", "--out", str(tmp_path / "eval")]) == 0
+    assert json.loads((tmp_path / "eval" / "arithmetic-test_summary.json").read_text())["prompts"] == 2
+    for method in ("best-of-k", "sdpo"):
+        out = tmp_path / f"solve-{method}"
+        assert main(["solve", "--run", str(run_dir), "--split", "train", "--example", "0", "--method", method,
+                     "--budget", "4", "--out", str(out), "train.batch_size=1", "rollout.n=2"]) == 0
+        assert json.loads((out / "solve.json").read_text())["runs"][0]["attempts"] <= 4

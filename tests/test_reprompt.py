@@ -31,7 +31,16 @@ def test_demonstration_is_first_successful_sibling_excluding_self():
     assert ctx[0].messages[0] == SYSTEM  # system messages are kept
     assert all(c.sd_mask for c in ctx)
     assert m["self_distillation/reprompt_sample_fraction"] == 1.0
+    assert m["self_distillation/success_sample_fraction"] == 1.0  # all three are given a demonstration
+
+
+def test_success_sample_fraction_counts_samples_given_a_demonstration():
+    """Issue 21, bug 6: SDPO's and TRL's success_sample_fraction is (samples with a demonstration) / batch."""
+    _, m = _build(["right", "wrong", "wrong"], [1.0, 0.0, 0.0])
+    # the lone success has no other successful sibling; the two failures are shown it
     assert m["self_distillation/success_sample_fraction"] == pytest.approx(2 / 3)
+    _, m = _build(["right", "wrong", "wrong", "x"], [1.0, 0.0, 0.0, 0.0], groups=["a", "a", "a", "b"])
+    assert m["self_distillation/success_sample_fraction"] == pytest.approx(2 / 4)
 
 
 def test_self_success_allowed_when_configured():

@@ -40,11 +40,14 @@ RESPONSES = ["<think>a</think>own", "<think>b</think>peer-1", "peer-2", "other g
     "index, successes, groups, buffered, allow_self, expected",
     [
         (0, [True, True, True, True], ["g", "g", "g", "h"], "buf", True, ("own", "self")),
-        (0, [True, True, True, True], ["g", "g", "g", "h"], "buf", False, ("peer-1", "peer")),
+        # a success without its own text gets nothing (issue 21, bug 5): no peer, no buffer entry
+        (0, [True, True, True, True], ["g", "g", "g", "h"], "buf", False, (None, "none")),
+        (1, [True, False, True, True], ["g", "g", "g", "h"], "buf", False, ("own", "peer")),
         (0, [False, False, True, True], ["g", "g", "g", "h"], "buf", True, ("peer-2", "peer")),
         (0, [False, False, False, True], ["g", "g", "g", "h"], "<think>z</think>buf", True, ("buf", "buffer")),
         (0, [False, False, False, True], ["g", "g", "g", "h"], None, True, (None, "none")),
-        (0, [True, False, False, False], ["g", "h", "i", "j"], "buf", False, ("buf", "buffer")),
+        (0, [True, False, False, False], ["g", "h", "i", "j"], "buf", False, (None, "none")),
+        (1, [True, False, False, False], ["g", "h", "i", "j"], "buf", False, ("buf", "buffer")),
         (1, [True, False, False, False], ["g", "g", "i", "j"], None, True, ("own", "peer")),
     ],
 )

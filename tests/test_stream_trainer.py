@@ -66,7 +66,7 @@ def _config(tiny_config, *extra):
         "algorithm=resd", "data.env=parity-test", "data.env_kwargs={}", "data.shuffle=false", "rollout.n=1", "rollout.max_new_tokens=8",
         "train.batch_size=4", "stream.inner_steps=2", "stream.min_inner_steps=2", "stream.num_batches=2",
         "reprompt.dont_reprompt_on_self_success=false", "resd.max_bullets=3", "resd.concise_frequency=4",
-        "teacher.update_rate=0.5", "train.rollout_is_threshold=null", *extra,
+        "teacher.update_rate=0.5", "train.rollout_is_threshold=null", "train.steps=null", *extra,
     )
 
 
@@ -181,3 +181,68 @@ def test_baselines_run_in_the_stream_loop(tiny_config, algorithm):
     assert len(lines) == 2
     if algorithm == "sdpo+ss":
         assert trainer.reprompt.dont_reprompt_on_self_success is False
+
+
+def test_no_demonstration_for_a_successful_sample_when_self_success_is_off(tiny_config):
+    """Issue 21, bugs 5 and 6: with reprompt.dont_reprompt_on_self_success=true a successful sample gets no
+    solution (not a peer's, not the buffer entry the context update has just filled with its own text), and
+    self_distillation/success_sample_fraction counts the samples given a demonstration (SDPO's meaning)."""
+    from resd.trainer.trainer import Sample
+
+    trainer = _make(_config(tiny_config, "reprompt.dont_reprompt_on_self_success=true", "rollout.n=2"))
+    env = trainer.env
+    rows = env.load_split("train")[:3]
+    trainer.updater.buffer.store(env.example_id(rows[2]), "earlier!")  # a success of a previous step
+
+    def sample(group, text):
+        messages = env.prompt_messages(rows[group])
+        return Sample(rows[group], group, messages, [1], [2], None, True, text, env.score(text, rows[group]))
+
+    # example 0: a success and a failure; example 1: a lone success; example 2: two failures, buffered
+    samples = [sample(0, "ok"), sample(0, "bad"), sample(1, "good"), sample(2, "odd"), sample(2, "odder")]
+    assert [s.feedback.score for s in samples] == [1.0, 0.0, 1.0, 0.0, 0.0]
+    trainer.context_update(samples)
+    metrics = trainer.build_teacher_contexts(samples)
+    texts = [s.teacher_messages[-1]["content"] for s in samples]
+    for i in (0, 2):
+        assert "Correct solution" not in texts[i], f"successful sample {i} is shown a demonstration:\n{texts[i]}"
+        assert not samples[i].sd_mask
+    assert "Correct solution:\n\nok" in texts[1]  # a failure still gets its successful peer
+    assert "Correct solution:\n\nearlier!" in texts[3] and "Correct solution:\n\nearlier!" in texts[4]
+    assert metrics["self_distillation/success_sample_fraction"] == pytest.approx(3 / 5)
+    assert metrics["self_distillation/solution_self_fraction"] == 0.0
+
+
+def test_train_steps_caps_the_stream_loop_from_a_fresh_home(tmp_path):
+    """Issue 21, bug 4: `resd train --preset smoke algorithm=resd train.steps=2` runs 2 training steps (inner
+    iterations), not the 8 batches x 4 inner steps of the split, and does it in under a minute from a fresh
+    home directory (no cached model)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RESD_CACHE", "HF_HOME", "XDG_CACHE_HOME")}
+    env["HOME"] = str(tmp_path / "home")
+    run_dir = tmp_path / "run"
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "resd.cli", "train", "--preset", "smoke", "algorithm=resd", "train.steps=2",
+         f"logging.run_dir={run_dir}", "logging.progress=false"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
+    )
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if "reward/mean" in r] == [1, 2]
+    assert elapsed < 60, f"took {elapsed:.0f} s"
+
+
+def test_stream_loop_validates_every_eval_every_steps(tiny_config):
+    """Issue 21, bug 4: eval.every_steps is honoured in the stream loop too (once per step, even when
+    stream.val_every_batches asks for the same step)."""
+    trainer = _make(_config(tiny_config, "stream.num_batches=1", "eval.every_steps=1", "eval.k=1", "data.val_limit=2",
+                            "stream.val_every_batches=1", "eval.save_best=false"))
+    trainer.train()
+    lines = [json.loads(x) for x in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if "val/task/mean@1" in r] == [1, 2]

@@ -28,6 +28,8 @@ def test_sdpo_steps_train_and_move_the_ema_teacher_exactly(tiny_config):
         torch.testing.assert_close(after_teacher[name], expected, rtol=0, atol=1e-6)
     record = json.loads((trainer.run_dir / "metrics.jsonl").read_text().splitlines()[0])
     assert record["self_distillation/reprompt_sample_fraction"] == 1.0  # arithmetic feedback always exists
+    # successes / samples (binary rewards: the mean reward); success_sample_fraction is SDPO's "given a demonstration"
+    assert record["reward/success_fraction"] == record["reward/mean"]
     assert record["loss/distill"] > 0 and record["actor/optimizer_steps"] == 1
     assert all(v is None or isinstance(v, (int, float, str)) for v in record.values())
     sample = json.loads((trainer.run_dir / "samples.jsonl").read_text().splitlines()[0])

@@ -11,6 +11,8 @@ import dataclasses
 import re
 from collections.abc import Hashable, Sequence
 
+from resd.textscan import search_end
+
 Message = dict[str, str]
 
 REPROMPT_TEMPLATE = "{prompt}{solution}{feedback}\n\nCorrectly solve the original question."
@@ -49,7 +51,8 @@ class TeacherContext:
 
 def remove_thinking(text: str) -> str:
     """Drop ``<think>...</think>`` blocks (and the whitespace after them)."""
-    return _THINK.sub("", text)
+    cut = search_end(text, "</think>", then_spaces=True)  # linear: no block ends after this
+    return _THINK.sub("", text[:cut]) + text[cut:]
 
 
 def split_prompt(messages: Sequence[Message]) -> tuple[list[Message], str]:
@@ -109,7 +112,9 @@ def build_teacher_contexts(
     groups = set(group_ids)
     metrics = {
         "self_distillation/success_group_fraction": len(successes_by_group) / max(1, len(groups)),
-        "self_distillation/success_sample_fraction": sum(success) / max(1, n),
+        # as SDPO's and TRL's code: samples given a demonstration / batch (not successes / batch, which the
+        # trainer logs as reward/success_fraction)
+        "self_distillation/success_sample_fraction": sum(c.solution is not None for c in contexts) / max(1, n),
         "self_distillation/feedback_available_fraction": feedback_available / max(1, n),
         "self_distillation/feedback_used_fraction": sum(c.feedback_used for c in contexts) / max(1, n),
         "self_distillation/reprompt_sample_fraction": sum(c.sd_mask for c in contexts) / max(1, n),

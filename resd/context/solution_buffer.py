@@ -53,14 +53,17 @@ def select_solution(index: int, responses: Sequence[str], successes: Sequence[bo
 
     Priority: its own response if it succeeded and ``allow_self`` (i.e. not
     ``dont_reprompt_on_self_success``) -> the first successful other sample of the same group (uid)
-    -> ``buffered`` (the buffer's entry for its example) -> none. Returns ``(text, source)`` with
-    source "self", "peer", "buffer" or "none"; thinking is stripped when ``remove_thinking``.
+    -> ``buffered`` (the buffer's entry for its example) -> none. A successful sample gets no solution
+    at all when ``allow_self`` is False, as in the RESD reference (arXiv 2605.12741): the buffer then
+    already holds its own text, and a peer would teach it what it already did. Returns
+    ``(text, source)`` with source "self", "peer", "buffer" or "none"; thinking is stripped when
+    ``remove_thinking``.
     """
     def clean(text: str) -> str:
         return strip_thinking(text) if remove_thinking else text
 
-    if successes[index] and allow_self:
-        return clean(responses[index]), "self"
+    if successes[index]:
+        return (clean(responses[index]), "self") if allow_self else (None, "none")
     for j, (group, success) in enumerate(zip(groups, successes, strict=True)):
         if j != index and success and group == groups[index]:
             return clean(responses[j]), "peer"

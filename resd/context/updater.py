@@ -37,7 +37,9 @@ class UpdaterConfig:
     reflector_template: str = REFLECTOR
     success_reflector_template: str = SUCCESS_REFLECTOR
     curator_template: str = CURATOR
-    max_response_chars: int | None = 6000
+    #: middle-clip the response shown to the reflector to this many characters; None (the reference's
+    #: behaviour): the whole response (config key resd.reflector.max_response_chars)
+    max_response_chars: int | None = None
 
 
 @dataclasses.dataclass

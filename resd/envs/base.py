@@ -63,6 +63,16 @@ class Environment(abc.ABC):
         Must never raise on hostile model output: a malformed response is a failure with feedback.
         """
 
+    def task_and_test_case(self, score: float, acc: float) -> tuple[float, float]:
+        """The two accuracies reported per sample (RESD arXiv 2605.12741, section 5): per task (1 when the
+        whole task is solved, else 0) and per test case (the fraction of test cases passed).
+
+        By default ``acc`` is the fraction of checks passed, so the task is solved when ``acc`` is 1 (this
+        holds for sparse and dense rewards alike). An environment whose ``acc`` and ``score`` mean something
+        else (FiNER) overrides this.
+        """
+        return (1.0 if acc >= 1.0 else 0.0), float(acc)
+
     def example_id(self, example: Example) -> str:
         """A stable id of the example (the key of RESD's solution buffer)."""
         for path in (("extra_info", "index"), ("id",), ("idx",), ("index",)):

@@ -15,11 +15,13 @@ Rows: raw ``{context, target}`` rows and veRL parquet rows (``prompt`` messages,
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 from typing import Any
 
 from resd.envs import register
 from resd.envs.base import DataError, Environment, Example, Feedback, Message
+from resd.textscan import last_pair, search_end
 
 DATA_DIR = Path(__file__).parent / "data" / "finer"
 VAL_FILE = DATA_DIR / "finer_val_batched_500_samples.jsonl"
@@ -38,7 +40,8 @@ PARTIAL = "Your answer is partially correct. The correct answer is {ground_truth
 WRONG = "Your answer is completely incorrect. The correct answer is {ground_truth}."
 
 _OPEN, _CLOSE = "<answer>", "</answer>"
-_THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
+_THINK_CLOSE = "</think>"
+_THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
 
 
 def format_prompt(context: str, question: str) -> str:
@@ -47,19 +50,10 @@ def format_prompt(context: str, question: str) -> str:
 
 
 def strip_thinking(text: str) -> str:
-    """Remove complete ``<think>...</think>`` blocks, then everything up to a remaining ``</think>``."""
-    pieces, pos = [], 0
-    while True:
-        start = text.find(_THINK_OPEN, pos)
-        end = text.find(_THINK_CLOSE, start + len(_THINK_OPEN)) if start >= 0 else -1
-        if end < 0:
-            break
-        pieces.append(text[pos:start])
-        pos = end + len(_THINK_CLOSE)
-        while pos < len(text) and text[pos].isspace():
-            pos += 1
-    pieces.append(text[pos:])
-    text = "".join(pieces)
+    """Remove complete ``<think>...</think>`` blocks (and the whitespace after each), then everything up
+    to a remaining ``</think>``."""
+    cut = search_end(text, _THINK_CLOSE, then_spaces=True)  # linear: no block ends after this
+    text = _THINK_BLOCK.sub("", text[:cut]) + text[cut:]
     end = text.find(_THINK_CLOSE)
     if end >= 0:  # the thinking began in the prompt
         text = text[end + len(_THINK_CLOSE) :].lstrip()
@@ -71,16 +65,8 @@ def extract_answer(response: str) -> str | None:
     if not isinstance(response, str):
         return None
     text = strip_thinking(response)
-    answer, pos = None, 0
-    while True:
-        start = text.find(_OPEN, pos)
-        if start < 0:
-            return answer
-        end = text.find(_CLOSE, start + len(_OPEN))
-        if end < 0:
-            return answer
-        answer = text[start + len(_OPEN) : end].strip()
-        pos = end + len(_CLOSE)
+    span = last_pair(text, _OPEN, _CLOSE)
+    return None if span is None else text[span[0] : span[1]].strip()
 
 
 def parse_number(text: str) -> int | float | None:
@@ -199,6 +185,11 @@ class FinerEnv(Environment):
             "tag_matches": matches,
         }
         return Feedback(tag_score, 1.0 if tag_score == 1.0 else 0.0, feedback, details)
+
+    def task_and_test_case(self, score: float, acc: float) -> tuple[float, float]:
+        """Per task = all four tags right (``acc``), per test case = the fraction of right tags (``score``),
+        as in RESD arXiv 2605.12741, section 5 (the reverse of the default)."""
+        return float(acc), float(score)
 
     def load_split(self, split: str, path: str | None = None, limit: int | None = None) -> list[Example]:
         from resd.data import read_rows

@@ -40,8 +40,11 @@ def summarize(env, groups: Sequence[Sequence[dict[str, Any]]], k: int, success_t
     """Metrics from per-prompt lists of sample records (each with score, acc, length, truncated)."""
     scores = [[r["score"] for r in g] for g in groups]
     accs = [[r["acc"] for r in g] for g in groups]
-    task_key = getattr(env, "task_metric", "score")
-    per_task, per_case = (scores, accs) if task_key == "score" else (accs, scores)
+    # per task = whole task solved, per test case = fraction of test cases; the environment knows which
+    # of its score/acc is which (see Environment.task_and_test_case)
+    pairs = [[env.task_and_test_case(r["score"], r["acc"]) for r in g] for g in groups]
+    per_task = [[p[0] for p in g] for g in pairs]
+    per_case = [[p[1] for p in g] for g in pairs]
     summary: dict[str, float] = {"prompts": float(len(groups)), "samples": float(sum(len(g) for g in groups))}
     for name, values in (("score", scores), ("acc", accs), ("task", per_task), ("test_case", per_case)):
         summary[f"{name}/mean@{k}"] = mean_at_k(values)

@@ -40,6 +40,11 @@ class DistillationSpec:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be > 0, got {value}")
+        if self.teacher_min_ratio is not None and self.teacher_min_ratio > 1:
+            raise ValueError(f"teacher_min_ratio must lie in (0, 1], got {self.teacher_min_ratio}")
+        if None not in (self.teacher_min_ratio, self.teacher_max_ratio) and self.teacher_min_ratio > self.teacher_max_ratio:
+            raise ValueError(f"teacher_min_ratio ({self.teacher_min_ratio}) must not exceed "
+                             f"teacher_max_ratio ({self.teacher_max_ratio})")
 
 
 def _tail_bin(logp: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,16 @@ from resd.trainer.trainer import Sample, Trainer
 DEFAULT_FINAL_INSTRUCTION = "Correctly solve the original task with the above information:"
 
 
+def updater_config(config: Config) -> UpdaterConfig:
+    """The context updater's settings from the ``resd`` section of a run's configuration."""
+    r = config.resd
+    prompts = PROMPT_SETS[r.context_prompts]
+    return UpdaterConfig(r.playbook_mode, r.concise_frequency, r.max_bullets, r.concise_method,
+                         r.concise_after_curation, r.tag_correct_samples, r.dedup_threshold,
+                         reflector_template=prompts.reflector, success_reflector_template=prompts.success_reflector,
+                         curator_template=prompts.curator, max_response_chars=r.reflector.max_response_chars)
+
+
 class StreamTrainer(Trainer):
     """The stream loop for ``resd`` and, for comparison, ``sdpo``, ``sdpo+ss`` and ``grpo``."""
 
@@ -52,14 +62,7 @@ class StreamTrainer(Trainer):
         self.updater: ContextUpdater | None = None
         if self.is_resd:
             r = cfg.resd
-            prompts = PROMPT_SETS[r.context_prompts]
-            self.updater = ContextUpdater(
-                UpdaterConfig(r.playbook_mode, r.concise_frequency, r.max_bullets, r.concise_method,
-                              r.concise_after_curation, r.tag_correct_samples, r.dedup_threshold,
-                              reflector_template=prompts.reflector, success_reflector_template=prompts.success_reflector,
-                              curator_template=prompts.curator),
-                seed=cfg.seed,
-            )
+            self.updater = ContextUpdater(updater_config(cfg), seed=cfg.seed)
             self.text_generate = self._make_text_generator()
             self.teacher_template = load_template(r.teacher_template)
             self.teacher_prompt_config = TeacherPromptConfig(
@@ -100,7 +103,10 @@ class StreamTrainer(Trainer):
         return min(available, wanted) if wanted else available
 
     def planned_steps(self) -> int:
-        return self.planned_batches() * self.config.stream.inner_steps
+        """Inner iterations to run: those of the planned outer batches, capped by ``train.steps``."""
+        planned = self.planned_batches() * self.config.stream.inner_steps
+        cap = self.config.train.steps
+        return planned if cap is None else min(planned, cap)
 
     def total_optimizer_steps(self) -> int:
         cfg = self.config.train
@@ -108,6 +114,8 @@ class StreamTrainer(Trainer):
         return self.planned_steps() * per_step
 
     def finished(self) -> bool:
+        if self.config.train.steps is not None and self.step >= self.config.train.steps:
+            return True  # possibly inside an outer batch: a resumed run with more steps goes on from there
         return self.batch is None and (
             self.outer >= self.planned_batches() or self.data.exhausted(self.config.train.batch_size)
         )
@@ -151,7 +159,9 @@ class StreamTrainer(Trainer):
             used_reflection += parts.reflection_used
         n = max(1, len(samples))
         return {
-            "self_distillation/success_sample_fraction": sum(successes) / n,
+            # SDPO's meaning (arXiv 2601.20802 reference code): samples given a demonstration / batch;
+            # the fraction of successes is reward/success_fraction
+            "self_distillation/success_sample_fraction": (n - sources["none"]) / n if samples else 0.0,
             "self_distillation/solution_fraction": (n - sources["none"]) / n if samples else 0.0,
             "self_distillation/solution_self_fraction": sources["self"] / n,
             "self_distillation/solution_peer_fraction": sources["peer"] / n,
@@ -244,7 +254,7 @@ class StreamTrainer(Trainer):
         if self.batch is not None:
             return
         every = self.config.stream.val_every_batches
-        if every and (self.outer % every == 0 or self.finished()):
+        if every and (self.outer % every == 0 or self.finished()) and self._last_val_step != self.step:
             self.validate()
         every = self.config.stream.save_every_batches
         if every and self.outer % every == 0:

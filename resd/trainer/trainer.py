@@ -34,7 +34,16 @@ from tqdm.auto import tqdm
 from resd import envs
 from resd.config import Config
 from resd.context.reprompt import RepromptConfig, build_teacher_contexts
-from resd.distributed import full_state_dict, init_distributed, load_full_state_dict, reshard, resolve_device, shard_model
+from resd.distributed import (
+    CollectiveError,
+    full_state_dict,
+    init_distributed,
+    is_collective_failure,
+    load_full_state_dict,
+    reshard,
+    resolve_device,
+    shard_model,
+)
 from resd.envs.base import Feedback
 from resd.fileio import atomic_write_text
 from resd.losses import DistillationSpec, group_advantages, is_ratio, ppo_clip_token_loss, token_terms, token_weights
@@ -111,7 +120,7 @@ class Trainer:
     def __init__(self, config: Config, *, model=None, tokenizer=None, env=None, run_dir: str | Path | None = None,
                  train_rows: list[dict[str, Any]] | None = None) -> None:
         self.config = cfg = config
-        self.dist = init_distributed()
+        self.dist = init_distributed(cfg.dist.timeout_s)
         seed_everything(cfg.seed)
         self.tokenizer = tokenizer or load_tokenizer(cfg.model.tokenizer or cfg.model.name)
         # Sharded training keeps float32 parameters and computes in the configured precision.
@@ -183,6 +192,7 @@ class Trainer:
         self._val_rows: list[dict[str, Any]] | None = None
         self.rollouts_seen = 0
         self._last_val_rollouts = 0
+        self._last_val_step = -1
         self.nonfinite_in_a_row = 0
         self.elapsed = 0.0
         self.stop_requested = False
@@ -285,6 +295,9 @@ class Trainer:
         metrics = {
             "reward/mean": float(np.mean([s.feedback.score for s in kept])) if kept else 0.0,
             "acc/mean": float(np.mean([s.feedback.acc for s in kept])) if kept else 0.0,
+            # successes (score >= reprompt.success_reward_threshold) / samples
+            "reward/success_fraction": float(np.mean([s.feedback.score >= self.config.reprompt.success_reward_threshold
+                                                      for s in kept])) if kept else 0.0,
             "response_length/mean": float(np.mean(lengths)),
             "response_length/max": float(max(lengths)),
             "response_length/truncated_fraction": float(np.mean([not s.finished for s in kept])) if kept else 0.0,
@@ -591,7 +604,7 @@ class Trainer:
     def after_step(self) -> None:
         """Periodic validation and checkpoints after a step."""
         every = self.config.eval.every_steps
-        if every and self.step % every == 0 and not self.config.uses_stream:
+        if every and self.step % every == 0:
             self.validate()
         every = self.config.eval.every_rollouts  # (a validation just above already moved the mark)
         if every and self.rollouts_seen // every > self._last_val_rollouts // every:
@@ -611,6 +624,7 @@ class Trainer:
             if cfg.eval.before_train and self.step == 0:
                 self.validate()
             while not self.finished() and not self.stop_requested:
+                self.dist.where = f"training step {self.step + 1}"
                 metrics = self.train_step()
                 if self.step % cfg.logging.log_every == 0:
                     self.logger.log(self.step, metrics)
@@ -620,6 +634,10 @@ class Trainer:
                 self.after_step()
             if cfg.logging.save_final:
                 self.save()
+        except Exception as e:  # FSDP's own collectives fail with the backend's bare message
+            if not self.dist.enabled or isinstance(e, CollectiveError) or not is_collective_failure(e):
+                raise
+            raise self.dist.collective_error("inside FSDP", e) from e
         finally:
             bar.close()
             for sig, handler in previous.items():
@@ -642,6 +660,7 @@ class Trainer:
         cfg = self.config
         e = cfg.eval
         sampling = SamplingParams(e.temperature, e.top_p, 0, e.max_new_tokens or cfg.rollout.max_new_tokens)
+        self.dist.where = f"validation after step {self.step}"
         summary = None
         if self.dist.is_main:  # the replica is local: rank 0 evaluates, the others wait
             result = evaluate(self.env, self.validation_rows(), self.generator, self.tokenizer, sampling, e.k,
@@ -655,6 +674,7 @@ class Trainer:
         metrics.update({"progress/rollouts": float(self.rollouts_seen), "progress/elapsed_s": self.elapsed})
         self.logger.log(self.step, metrics)
         self._last_val_rollouts = self.rollouts_seen
+        self._last_val_step = self.step
         name = e.best_metric if "@" in e.best_metric else f"{e.best_metric}@{e.k}"
         if name not in summary:
             raise KeyError(f"eval.best_metric {e.best_metric!r} is not a validation metric: {sorted(summary)}")
@@ -674,6 +694,7 @@ class Trainer:
 
     def save(self) -> Path | None:
         """Write a checkpoint (rank 0 writes; every rank takes part in gathering the shards)."""
+        self.dist.where = f"checkpoint at step {self.step}"
         if self.lora:  # single-process only; the frozen base weights come from model.name
             student = {n: p.detach().cpu() for n, p in self.model.named_parameters() if "lora_" in n}
         else:
@@ -709,6 +730,25 @@ class Trainer:
         return path
 
     @torch.no_grad()
+    def _load_weights(self, tensors: dict[str, dict[str, torch.Tensor]]) -> None:
+        if self.lora:
+            load_adapters(self.model, tensors["student"])
+        else:
+            load_full_state_dict(self.model, tensors["student"])
+        if self.teacher is not None and "teacher" in tensors:
+            if self.dist.enabled:
+                load_full_state_dict(self.teacher.module, tensors["teacher"])
+            else:
+                self.teacher.load_state_dict(tensors["teacher"])
+
+    def load_weights(self, path: str | Path) -> None:
+        """Take the student's (and the teacher's) weights of a checkpoint, nothing else: the step, the
+        optimizer and the data position stay those of this trainer (test-time training from a run)."""
+        tensors, _, _ = load_checkpoint(Path(path))
+        self._load_weights(tensors)
+        self.sync_rollout_weights()
+
+    @torch.no_grad()
     def resume(self, path: str | Path | None = None) -> bool:
         """Load the given checkpoint, or the newest valid one of this run. Returns False if none exists."""
         if path is None:
@@ -719,15 +759,7 @@ class Trainer:
             self.logger.truncate_after(0)  # killed before the first checkpoint: start over cleanly
             return False
         tensors, objects, state = load_checkpoint(path)
-        if self.lora:
-            load_adapters(self.model, tensors["student"])
-        else:
-            load_full_state_dict(self.model, tensors["student"])
-        if self.teacher is not None and "teacher" in tensors:
-            if self.dist.enabled:
-                load_full_state_dict(self.teacher.module, tensors["teacher"])
-            else:
-                self.teacher.load_state_dict(tensors["teacher"])
+        self._load_weights(tensors)
         if self.dist.enabled:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
