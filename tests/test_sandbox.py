@@ -647,3 +647,30 @@ def test_no_process_outlives_its_callers_sigkill(name, token, tmp_path):
     proc.kill()
     proc.wait()
     # the token fixture asserts that nothing carrying the token is left
+
+
+def test_without_bubblewrap_the_fallback_refuses_until_consent(monkeypatch):
+    from resd.sandbox import modes
+
+    monkeypatch.delenv(sandbox.UNISOLATED_OPT_IN, raising=False)
+    monkeypatch.delenv("RESD_SANDBOX", raising=False)
+    monkeypatch.setitem(modes._probe_results, "bwrap", "bwrap not found")
+    with pytest.raises(sandbox.SandboxUnavailable) as info:
+        run_python("print(1)")
+    message = str(info.value)
+    assert "bwrap not found" in message and f"{sandbox.UNISOLATED_OPT_IN}=1" in message
+    assert "apt-get install bubblewrap" in message
+
+
+def test_the_driver_is_a_module_that_keeps_only_plain_data():
+    from resd.sandbox import driver
+
+    assert driver.plain((1, [2.5, "x"], {"k": None, 3: True})) == [1, [2.5, "x"], {"k": None, "3": True}]
+
+    class Liar(int):
+        def __eq__(self, other):
+            return True
+
+    for value in (Liar(3), {1, 2}, b"x", [object()], {(1, 2): 3}):
+        with pytest.raises(driver.NotPlain):
+            driver.plain(value)
