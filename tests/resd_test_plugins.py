@@ -51,19 +51,12 @@ class ParityEnv(Environment):
 
 
 @register("half-signal-plugin")
-class HalfSignalEnv(Environment):
+class HalfSignalEnv(ParityEnv):
     """Even rows carry a signal, odd rows none: with two processes and mini-batches of 2 prompts, the
     rank holding an odd row has nothing to train on (GRPO: all its advantages are 0; SDPO: no
     demonstration and no feedback, so no distillation target) and runs only dummy micro-batches."""
 
     task_description = "writing answers"
-
-    def load_split(self, split, path=None, limit=None):
-        rows = [{"id": f"{split}-{i}", "question": f"Say something about {i}."} for i in range(16)]
-        return rows[:limit] if limit else rows
-
-    def prompt_messages(self, example):
-        return [{"role": "user", "content": example["question"]}]
 
     def score(self, response, example, *, truncated=False):
         if int(example["id"].rsplit("-", 1)[1]) % 2:
