@@ -24,7 +24,8 @@ def one(length: int, model: str) -> dict:
     import torch
 
     from resd.config import load_config
-    from resd.trainer.trainer import Sample, Trainer
+    from resd.sample import Sample
+    from resd.trainer.trainer import Trainer
     from resd.envs.base import Feedback
 
     cfg = load_config("demo", overrides=[f"model.name={model}", "model.gradient_checkpointing=true",
@@ -42,20 +43,20 @@ def one(length: int, model: str) -> dict:
         s.sd_mask = True
         return s
 
-    trainer.optimize([sample(64)])  # allocates AdamW state; the baseline after it
+    trainer.learner.update([sample(64)])  # allocates AdamW state; the baseline after it
     phase: dict[str, float] = {}
-    clip = trainer.optimizer.clip_and_check
+    clip = trainer.learner.optimizer.clip_and_check
 
     def clip_after_backward(max_norm):  # the peak of forward + backward, before the optimizer
         phase["forward_backward"] = _status("VmHWM")
         return clip(max_norm)
 
-    trainer.optimizer.clip_and_check = clip_after_backward
+    trainer.learner.optimizer.clip_and_check = clip_after_backward
     base = _status("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:  # Linux: reset the peak (VmHWM) to the current RSS
         f.write("5")
     t0 = time.perf_counter()
-    trainer.optimize([sample(length)])
+    trainer.learner.update([sample(length)])
     seconds = time.perf_counter() - t0
     peak = _status("VmHWM")
     return {"length": length, "peak_mib": peak, "extra_mib": peak - base,

@@ -160,10 +160,11 @@ def run_ours(args: argparse.Namespace) -> dict:
         timers.take()
         start = time.perf_counter()
         examples = trainer.data.next_batch(args.prompts)
-        samples, _ = trainer.collect(examples)
-        metrics = trainer.prepare_update(samples)
+        samples, _ = trainer.sample(examples)
+        metrics = trainer.algorithm.prepare(samples, trainer.step + 1)
+        metrics.update(trainer.learner.tokenize_teacher_prompts(samples))
         rollout_end = time.perf_counter()
-        metrics.update(trainer.optimize(samples))
+        metrics.update(trainer.learner.update(samples))
         total = time.perf_counter() - start
         trainer.step += 1
         t = timers.take()

@@ -205,7 +205,7 @@ def _solve(args: argparse.Namespace) -> int:
     from resd.rollout import HFGenerator, SamplingParams
     from resd.solve import discovery_at_k, solve_with_self_distillation, solve_without_training
     from resd.trainer import build_trainer
-    from resd.trainer.trainer import seed_everything
+    from resd.trainer.rng import seed_everything
 
     run_dir = Path(args.run) if args.run else None
 

@@ -169,7 +169,7 @@ RepromptSection = _section_of(RepromptConfig, _RepromptLimits, "RepromptSection"
 
 
 class EvalConfig(Section):
-    """Validation during training and the defaults of ``resd eval`` (RESD.md §4: n=4, T=0.6, top_p=0.95)."""
+    """Validation during training and the defaults of ``resd eval`` (as the ``val_kwargs`` of horizon-llm/RESD, ``trainer/config/user.yaml``: n=4, T=0.6, top_p=0.95)."""
 
     every_steps: int = Field(0, ge=0, description="validate every N training steps (0: never), in every loop; "
                              "the stream loop also validates every stream.val_every_batches outer batches")
@@ -189,9 +189,11 @@ class EvalConfig(Section):
 
 
 class StreamConfig(Section):
-    """RESD's stream trainer: one pass over the data, K inner updates per outer batch (RESD.md §1.2, §4)."""
+    """RESD's stream trainer: one pass over the data, K inner updates per outer batch (arXiv 2605.12741, Algorithm 1)."""
 
-    enabled: bool = Field(False, description="use the stream loop (always on for algorithm=resd)")
+    enabled: bool | None = Field(
+        None, description="use the stream schedule; null: the algorithm's default (stream for resd, standard for the others)"
+    )
     inner_steps: int = Field(4, ge=1, description="max_updates_per_batch K")
     min_inner_steps: int = Field(4, ge=1, description="inner steps before the early exit may fire")
     early_exit_threshold: float = Field(
@@ -220,7 +222,7 @@ class ReflectorConfig(Section):
 
 
 class ResdConfig(Section):
-    """RESD's context updater and teacher prompt (RESD.md §2.7, §3.4-3.5)."""
+    """RESD's context updater and teacher prompt (arXiv 2605.12741; horizon-llm/RESD, ``selfevolve/resd/context_updater/``)."""
 
     playbook_mode: Literal["global", "per_example"] = "global"
     concise_frequency: int | None = Field(4, ge=1)
@@ -275,8 +277,9 @@ class LoggingConfig(Section):
 
 class Config(Section):
     name: str = "run"
-    algorithm: Literal["grpo", "sdpo", "sdpo+ss", "resd"] = Field(
-        "sdpo", description="sdpo+ss: SDPO with the sample's own success as demonstration; resd: stream + reflection"
+    algorithm: str = Field(
+        "sdpo", description="grpo, sdpo, sdpo+ss (SDPO with the sample's own success as demonstration), resd "
+        "(reflection, playbook, solution buffer), or a name registered with resd.algorithms.register_algorithm"
     )
     seed: int = 0
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -293,21 +296,27 @@ class Config(Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="after")
-    def _grpo_is_pure_policy_gradient(self) -> Config:
-        if self.algorithm == "grpo" and self.loss.pg_weight != 1.0:
-            self.loss.pg_weight = 1.0  # so that the saved config says what the trainer does
+    def _known_algorithm(self) -> Config:
+        from resd.algorithms import algorithm_class
+
+        algorithm_class(self.algorithm).configure(self)  # e.g. grpo sets loss.pg_weight=1
         return self
 
     @model_validator(mode="after")
     def _uncapped_steps_need_the_stream_loop(self) -> Config:
         if self.train.steps is None and not self.uses_stream:
-            raise ValueError("train.steps=null (no cap: one pass over the split) needs the stream loop "
-                             "(algorithm=resd or stream.enabled=true); give train.steps a number")
+            raise ValueError("train.steps=null (no cap: one pass over the split) needs the stream schedule "
+                             "(stream.enabled=true, the default of algorithm=resd); give train.steps a number")
         return self
 
     @property
     def uses_stream(self) -> bool:
-        return self.algorithm == "resd" or self.stream.enabled
+        """Whether the stream schedule runs: ``stream.enabled``, else the algorithm's default."""
+        if self.stream.enabled is not None:
+            return self.stream.enabled
+        from resd.algorithms import algorithm_class
+
+        return algorithm_class(self.algorithm).default_schedule == "stream"
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -1,6 +1,6 @@
 """Test-time self-distillation on one hard problem, and the baselines that share its sampler.
 
-SDPO's test-time setting (SDPO.md §6 C): sample a few attempts at a single problem; if none
+SDPO's test-time setting (arXiv 2601.20802, test-time self-distillation): sample a few attempts at a single problem; if none
 succeeds, build the teacher context from the feedback and take one self-distillation step on that
 problem; repeat until an attempt succeeds or the attempt budget is spent. The metric is
 discovery@k: whether the problem is solved within k attempts. Baselines with the same sampler:
@@ -129,11 +129,7 @@ def solve_with_self_distillation(trainer, example: dict[str, Any], budget: int, 
     method = trainer.config.algorithm
     scores: list[float] = []
     while len(scores) < budget:
-        batch = [example] * trainer.config.train.batch_size
-        if hasattr(trainer, "batch"):  # the stream trainer keeps its own batch
-            trainer.batch = batch
-            trainer.batch_start = trainer.data.state_dict()
-        samples, _ = trainer.collect(batch)
+        samples, _ = trainer.sample([example] * trainer.config.train.batch_size)
         for s in samples:
             if len(scores) >= budget:
                 break
@@ -142,9 +138,5 @@ def solve_with_self_distillation(trainer, example: dict[str, Any], budget: int, 
                 return SolveResult(method, budget, len(scores), len(scores), scores, time.perf_counter() - start, s.text)
         if len(scores) >= budget:
             break
-        if trainer.config.algorithm == "resd":
-            trainer.context_update(samples)
-        trainer.prepare_update(samples)
-        trainer.optimize(samples)
-        trainer.step += 1
+        trainer.logger.log(trainer.step + 1, trainer.learn(samples))
     return SolveResult(method, budget, len(scores), None, scores, time.perf_counter() - start)

@@ -1,4 +1,4 @@
-"""CONCISE methods, triggers, the cap and the post-curation trim (RESD.md 2.5, 2.4 step 8)."""
+"""CONCISE methods, triggers, the cap and the post-curation trim."""
 
 import json
 import random

@@ -63,7 +63,7 @@ def test_all_correct_on_an_empty_playbook_makes_no_call():
     _, metrics = updater.update(_items([1.0, 1.0]), script)
     assert script.kinds == []
     assert metrics["reflection/count"] == 0.0
-    assert updater.playbook().update_count == 1  # the update still counts (RESD.md §2.4)
+    assert updater.playbook().update_count == 1  # the update still counts
 
 
 def test_compact_prompts_drive_the_same_update():
@@ -104,15 +104,15 @@ def test_compact_is_selected_by_the_config(tiny_config):
     cfg = tiny_config("algorithm=resd", "rollout.n=1", "train.batch_size=2", "stream.num_batches=1",
                       "resd.context_prompts=compact")
     trainer = build_trainer(cfg)
-    assert trainer.updater.config.curator_template.startswith("You keep a playbook of short lessons")
-    assert trainer.updater.config.reflector_template.startswith("A model answered the task below incorrectly")
+    assert trainer.algorithm.updater.config.curator_template.startswith("You keep a playbook of short lessons")
+    assert trainer.algorithm.updater.config.reflector_template.startswith("A model answered the task below incorrectly")
 
 
 def test_reflector_sees_the_whole_response_unless_a_cap_is_configured():
     """Issue 21, bug 7: the reference reflector reads the whole response; resd.reflector.max_response_chars
     (default null) middle-clips it when set."""
     from resd.config import load_config
-    from resd.trainer.stream import updater_config
+    from resd.algorithms.resd import updater_config
 
     long = "x" * 4000 + "MIDDLE" + "y" * 4000
     item = UpdateItem(example_id="ex-0", prompt="p", response=long, feedback="wrong", acc=0.0)

@@ -1,4 +1,4 @@
-"""Curator operations (ADD/UPDATE/DELETE/MERGE) and near-duplicate merging (RESD.md 2.4 step 7)."""
+"""Curator operations (ADD/UPDATE/DELETE/MERGE) and near-duplicate merging."""
 
 import pytest
 

@@ -70,7 +70,7 @@ def test_two_processes_match_one(tmp_path, algorithm):
     lines2 = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert [r["reward/mean"] for r in lines1] == [r["reward/mean"] for r in lines2]  # same rollouts
     if algorithm == "resd":
-        assert state1["extra"]["context"] == state2["extra"]["context"]  # playbook and buffer
+        assert state1["extra"]["algorithm"]["context"] == state2["extra"]["algorithm"]["context"]  # playbook, buffer
         playbook = (tmp_path / "two" / "playbook" / "step-000002.txt").read_text()
         assert "lesson" in playbook
         assert playbook == (tmp_path / "one" / "playbook" / "step-000002.txt").read_text()

@@ -132,15 +132,15 @@ def test_sigterm_stops_cleanly_after_saving(tmp_path):
 def test_overlong_prompts_are_dropped_truncated_or_rejected(tiny_config):
     trainer = build_trainer(tiny_config("data.max_prompt_length=20"))
     examples = trainer.data.next_batch(2)
-    samples, metrics = trainer.collect(examples)
+    samples, metrics = trainer.sample(examples)
     assert samples == [] and metrics["data/prompts_dropped"] == 2.0
     assert trainer.train_step()["data/prompts_dropped"] == 4.0  # a step with nothing to learn does not crash
     trainer = build_trainer(tiny_config("data.max_prompt_length=20", "data.prompt_overflow=truncate"))
-    samples, metrics = trainer.collect(trainer.data.next_batch(2))
+    samples, metrics = trainer.sample(trainer.data.next_batch(2))
     assert len(samples) == 8 and all(len(s.prompt_ids) == 20 for s in samples)
     trainer = build_trainer(tiny_config("data.max_prompt_length=20", "data.prompt_overflow=error"))
     with pytest.raises(ValueError, match="exceeds"):
-        trainer.collect(trainer.data.next_batch(1))
+        trainer.sample(trainer.data.next_batch(1))
 
 
 def test_bad_dataset_rows_name_the_file_row_and_field(tmp_path):
@@ -178,7 +178,7 @@ def test_hanging_and_crashing_environment_is_scored_as_failure_and_training_cont
     cfg = tiny_config("data.env=faulty-test", "data.env_kwargs={}", "data.score_workers=2", "data.score_timeout_s=2",
                       "data.shuffle=false", "train.steps=1", "rollout.n=1", "train.batch_size=4")
     trainer = build_trainer(cfg)
-    samples, _ = trainer.collect(trainer.data.next_batch(4))
+    samples, _ = trainer.sample(trainer.data.next_batch(4))
     by_id = {s.example["id"]: s.feedback for s in samples}
     assert by_id["0"].score == 0 and "timed out after 2" in by_id["0"].feedback
     assert by_id["1"].score == 0 and "crashed" in by_id["1"].feedback and "checker bug" in by_id["1"].feedback

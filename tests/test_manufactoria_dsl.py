@@ -1,4 +1,4 @@
-"""Every rule and message of the Manufactoria DSL parser (RESD.md section 5.1, "DSL grammar")."""
+"""Every rule and message of the Manufactoria DSL parser."""
 
 from __future__ import annotations
 

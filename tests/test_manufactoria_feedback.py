@@ -1,4 +1,4 @@
-"""The feedback text, line by line (RESD.md section 5.1, "Feedback text")."""
+"""The feedback text, line by line."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Interpreter branches, the pass rule, test records and debug lines (RESD.md section 5.1)."""
+"""Interpreter branches, the pass rule, test records and debug lines."""
 
 from __future__ import annotations
 

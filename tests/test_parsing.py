@@ -1,4 +1,4 @@
-"""Parsing of reflector/curator outputs (RESD.md 2.4 steps 4 and 6) and the prompt templates."""
+"""Parsing of reflector/curator outputs and the prompt templates."""
 
 import json
 import random

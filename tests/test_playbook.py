@@ -1,4 +1,4 @@
-"""Playbook text format, ids, tags, stats, modes and state (RESD.md 2.1-2.3)."""
+"""Playbook text format, ids, tags, stats, modes and state."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""SDPO teacher-context construction, case by case against SDPO.md §2."""
+"""SDPO teacher-context construction, case by case against the SDPO reference implementation (lasgroup/SDPO)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The solution buffer (RESD.md 2.6) and the teacher's solution priority (RESD.md 3.5)."""
+"""The solution buffer and the teacher's solution priority."""
 
 import json
 

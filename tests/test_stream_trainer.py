@@ -11,7 +11,8 @@ import torch
 from resd.context.parsing import strip_thinking
 from resd.envs import register
 from resd.envs.base import Environment, Feedback
-from resd.trainer import StreamTrainer, build_trainer
+from resd.trainer import build_trainer
+from resd.trainer.schedule import StreamSchedule
 
 
 @register("parity-test")
@@ -72,18 +73,18 @@ def _config(tiny_config, *extra):
 
 def _make(cfg):
     trainer = build_trainer(cfg)
-    assert isinstance(trainer, StreamTrainer)
-    trainer.text_generate = ScriptedReflector()
+    assert isinstance(trainer.schedule, StreamSchedule)
+    trainer.algorithm.text_generate = ScriptedReflector()
     return trainer
 
 
 def test_resd_stream_order_prompts_buffer_playbook_and_teacher(tiny_config):
     trainer = _make(_config(tiny_config))
-    script = trainer.text_generate
+    script = trainer.algorithm.text_generate
     teacher0 = {n: p.clone() for n, p in trainer.teacher.module.named_parameters()}
 
     seen_samples = []
-    original_optimize = trainer.optimize
+    original_optimize = trainer.learner.update
 
     def spy(samples):
         seen_samples.append(samples)
@@ -96,9 +97,9 @@ def test_resd_stream_order_prompts_buffer_playbook_and_teacher(tiny_config):
         assert any(not torch.equal(student_before[n], p) for n, p in trainer.model.named_parameters())
         return out
 
-    trainer.optimize = spy
+    trainer.learner.update = spy
     trainer.train()
-    assert trainer.step == 4 and trainer.outer == 2
+    assert trainer.step == 4 and trainer.schedule.outer == 2
 
     # order inside each step: reflections on failures, then success tags, then curation
     letters = "".join({"reflector": "r", "success": "s", "curator": "c"}[c] for c in script.calls)
@@ -123,15 +124,15 @@ def test_resd_stream_order_prompts_buffer_playbook_and_teacher(tiny_config):
             assert f"Correct solution:\n\n{strip_thinking(s.text)}" in text and "<feedback>" not in text
         else:
             assert "<feedback>odd length" in text and "insight" in text and "<think>" not in text
-            # the teacher sees the playbook after this step's curation (RESD.md §1.2 step 6)
+            # the teacher sees the playbook after this step's curation
             assert "lesson" in text and "[err-" in text
 
     # buffer: every example that succeeded at least once is stored
     succeeded = {trainer.env.example_id(s.example) for batch in seen_samples for s in batch if s.feedback.score >= 1}
-    assert set(trainer.updater.buffer.to_state()) == succeeded
+    assert set(trainer.algorithm.updater.buffer.to_state()) == succeeded
     snapshots = sorted((trainer.run_dir / "playbook").glob("step-*.txt"))
     assert len(snapshots) == 4
-    assert snapshots[-1].read_text().strip() == trainer.updater.playbook().render()
+    assert snapshots[-1].read_text().strip() == trainer.algorithm.updater.playbook().render()
     assert any(not torch.equal(teacher0[n], p) for n, p in trainer.teacher.module.named_parameters())
 
 
@@ -141,20 +142,20 @@ def test_stream_resume_mid_batch_is_exact(tiny_config, tmp_path):
 
     first = _make(_config(tiny_config, f"logging.run_dir={tmp_path / 'b'}"))
     first.logger.log(1, first.train_step())
-    assert first.batch is not None and first.inner == 1  # inside an outer batch
+    assert first.schedule.batch is not None and first.schedule.inner == 1  # inside an outer batch
     first.save()
     resumed = _make(_config(tiny_config, f"logging.run_dir={tmp_path / 'b'}"))
-    resumed.text_generate.counter = first.text_generate.counter
+    resumed.algorithm.text_generate.counter = first.algorithm.text_generate.counter
     assert resumed.resume()
-    assert resumed.step == 1 and resumed.inner == 1 and resumed.batch is not None
-    assert resumed.updater.to_state() == first.updater.to_state()
+    assert resumed.step == 1 and resumed.schedule.inner == 1 and resumed.schedule.batch is not None
+    assert resumed.algorithm.updater.to_state() == first.algorithm.updater.to_state()
     resumed.train()
 
     for (n, a), (_, b) in zip(straight.model.named_parameters(), resumed.model.named_parameters(), strict=True):
         assert torch.equal(a, b), n
     for n, v in straight.teacher.state_dict().items():
         assert torch.equal(v, resumed.teacher.state_dict()[n]), n
-    assert straight.updater.to_state() == resumed.updater.to_state()
+    assert straight.algorithm.updater.to_state() == resumed.algorithm.updater.to_state()
 
 
 def test_early_exit_fires_when_scores_stop_improving(tiny_config):
@@ -175,24 +176,24 @@ def test_baselines_run_in_the_stream_loop(tiny_config, algorithm):
         extra += ["loss.pg_weight=1.0", "rollout.n=2"]
     cfg = _config(tiny_config, f"algorithm={algorithm}", *extra, "stream.num_batches=1")
     trainer = build_trainer(cfg)
-    assert isinstance(trainer, StreamTrainer) and trainer.updater is None
+    assert isinstance(trainer.schedule, StreamSchedule) and not hasattr(trainer.algorithm, "updater")
     trainer.train()
     lines = [json.loads(x) for x in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 2
     if algorithm == "sdpo+ss":
-        assert trainer.reprompt.dont_reprompt_on_self_success is False
+        assert trainer.algorithm.reprompt.dont_reprompt_on_self_success is False
 
 
 def test_no_demonstration_for_a_successful_sample_when_self_success_is_off(tiny_config):
     """Issue 21, bugs 5 and 6: with reprompt.dont_reprompt_on_self_success=true a successful sample gets no
     solution (not a peer's, not the buffer entry the context update has just filled with its own text), and
     self_distillation/success_sample_fraction counts the samples given a demonstration (SDPO's meaning)."""
-    from resd.trainer.trainer import Sample
+    from resd.sample import Sample
 
     trainer = _make(_config(tiny_config, "reprompt.dont_reprompt_on_self_success=true", "rollout.n=2"))
     env = trainer.env
     rows = env.load_split("train")[:3]
-    trainer.updater.buffer.store(env.example_id(rows[2]), "earlier!")  # a success of a previous step
+    trainer.algorithm.updater.buffer.store(env.example_id(rows[2]), "earlier!")  # a success of a previous step
 
     def sample(group, text):
         messages = env.prompt_messages(rows[group])
@@ -201,8 +202,8 @@ def test_no_demonstration_for_a_successful_sample_when_self_success_is_off(tiny_
     # example 0: a success and a failure; example 1: a lone success; example 2: two failures, buffered
     samples = [sample(0, "ok"), sample(0, "bad"), sample(1, "good"), sample(2, "odd"), sample(2, "odder")]
     assert [s.feedback.score for s in samples] == [1.0, 0.0, 1.0, 0.0, 0.0]
-    trainer.context_update(samples)
-    metrics = trainer.build_teacher_contexts(samples)
+    trainer.algorithm.context_update(samples, 1)
+    metrics = trainer.algorithm.teacher_contexts(samples)
     texts = [s.teacher_messages[-1]["content"] for s in samples]
     for i in (0, 2):
         assert "Correct solution" not in texts[i], f"successful sample {i} is shown a demonstration:\n{texts[i]}"

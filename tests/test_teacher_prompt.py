@@ -1,4 +1,4 @@
-"""RESD's teacher prompt (RESD.md §3.4-3.5) and success-rate rebalancing (§1.4)."""
+"""RESD's teacher prompt and success-rate rebalancing (arXiv 2605.12741, App. B)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def test_sections_in_order_with_their_contents():
     assert "<successful_trial></successful_trial>" in t
     assert "[misc-00001]" in t and t.startswith("You are an expert at solving puzzles.")
     assert t.endswith("Correctly answer now:")
-    assert "If a successful attempt is given, use it as a reference" in t  # bug B5 completed
+    assert "If a successful attempt is given, use it as a reference" in t  # upstream's truncated instruction completed, see docs/deviations.md
     assert parts.sd_mask and parts.feedback_used and parts.reflection_used and not parts.solution_used
 
 

@@ -51,13 +51,13 @@ def test_grpo_gradient_on_controlled_rewards(tiny_config):
     """GRPO moves the weights when the rewards in a group differ (scores set directly on the samples)."""
     cfg = tiny_config("algorithm=grpo", "loss.pg_weight=1.0")
     trainer = Trainer(cfg)
-    samples, _ = trainer.collect(trainer.data.next_batch(2))
+    samples, _ = trainer.sample(trainer.data.next_batch(2))
     for k, s in enumerate(samples):
         s.feedback.score = float(k % 2)
-    trainer.prepare_update(samples)
+    trainer.algorithm.prepare(samples, 1)
     assert {s.advantage for s in samples} == {0.5, -0.5}
     before = _params(trainer.model)
-    metrics = trainer.optimize(samples)
+    metrics = trainer.learner.update(samples)
     assert metrics["actor/grad_norm"] > 0
     assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
 
@@ -77,21 +77,21 @@ def test_zero_advantage_samples_are_left_out_without_changing_the_steps(tiny_con
                                              f"logging.run_dir={tmp_path / str(skip)}"))
     start = _params(trainers[True].model)
     assert all(torch.equal(start[n], p) for n, p in trainers[False].model.named_parameters())
-    samples, _ = trainers[True].collect(trainers[True].data.next_batch(2))
+    samples, _ = trainers[True].sample(trainers[True].data.next_batch(2))
     first = min(s.group for s in samples)
     for k, s in enumerate(samples):
         s.feedback.score = float(k % 2) if s.group == first else 1.0
     after, counts = {}, {}
     for skip, trainer in trainers.items():
         batch = copy.deepcopy(samples)
-        trainer.prepare_update(batch)
-        counts[skip] = [trainer.optimize(batch)["actor/update_samples"]]
+        trainer.algorithm.prepare(batch, 1)
+        counts[skip] = [trainer.learner.update(batch)["actor/update_samples"]]
         after[skip] = [_params(trainer.model)]
         for s in batch:
             s.feedback.score = 0.0
-        trainer.prepare_update(batch)
+        trainer.algorithm.prepare(batch, 1)
         assert {s.advantage for s in batch} == {0.0}
-        counts[skip].append(trainer.optimize(batch)["actor/update_samples"])
+        counts[skip].append(trainer.learner.update(batch)["actor/update_samples"])
         after[skip].append(_params(trainer.model))
     n_group = sum(s.group == first for s in samples)
     assert counts == {True: [n_group, 0], False: [len(samples), len(samples)]}
@@ -115,7 +115,7 @@ def test_mixed_objective_and_off_policy_mini_batches(tiny_config):
 
 def test_rollout_logprobs_match_a_full_forward(tiny_config):
     trainer = Trainer(tiny_config())
-    samples, _ = trainer.collect(trainer.data.next_batch(2))
+    samples, _ = trainer.sample(trainer.data.next_batch(2))
     s = samples[0]
     ids = torch.tensor([s.prompt_ids + s.response_ids])
     with torch.no_grad():
@@ -125,7 +125,7 @@ def test_rollout_logprobs_match_a_full_forward(tiny_config):
 
 
 def _final_state(trainer):
-    return _params(trainer.model), trainer.teacher.state_dict(), trainer.optimizer.state_dict()
+    return _params(trainer.model), trainer.teacher.state_dict(), trainer.learner.optimizer.state_dict()
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_config, tmp_path):

@@ -1,4 +1,9 @@
-"""CONCISE: pruning the playbook (RESD.md 2.5) and the post-curation trim (2.4 step 8).
+"""CONCISE: pruning the playbook and the post-curation trim over the cap.
+
+Pruning is described in arXiv 2605.12741, App. D; both follow ``_maybe_concise`` and
+``_concise_playbook`` of horizon-llm/RESD
+(``selfevolve/resd/context_updater/playbook_context_updater.py``), whose trim after curation the
+paper does not mention.
 
 Triggers, checked at the start of each context update with u = ``playbook.update_count``:
 

@@ -1,7 +1,9 @@
 """Curator operations on a playbook (ADD, UPDATE, DELETE, MERGE) and near-duplicate merging.
 
-ADD follows RESD.md 2.4 step 7 exactly, with one addition: when deduplication is on (the default),
-a new bullet that is a near-duplicate of an existing one is folded into it instead of being added.
+ADD follows ``apply_curator_operations`` of horizon-llm/RESD
+(``selfevolve/resd/context_updater/playbook_utils.py``) exactly, with one addition: when
+deduplication is on (the default), a new bullet that is a near-duplicate of an existing one is
+folded into it instead of being added.
 UPDATE, DELETE and MERGE, which the release accepts and ignores, are implemented here:
 
 - UPDATE ``{id, content}``: rewrite the content of an existing bullet (counters unchanged);

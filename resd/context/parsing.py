@@ -3,12 +3,14 @@
 Nothing in this module raises on model output: every entry point accepts any object and returns a
 result whose ``ok`` flag says whether parsing succeeded, with the reason in ``error``.
 
-JSON is looked for in this order (RESD.md 2.4 step 4): the whole text; the first fenced block
+JSON is looked for in this order (that of ``extract_json_from_text`` in horizon-llm/RESD's
+``selfevolve/resd/context_updater/playbook_utils.py``): the whole text; the first fenced block
 (```json or plain ```) that parses to an object, among the first 256 blocks; the first balanced
 ``{...}`` object that parses, among the first 256 by start within the first 64 KiB. Every scan is
 linear in the text, whatever it holds (model output is hostile input).
 Bullet tags have one more fallback, a regex for ``"id": "<slug>-NNNNN", "tag": "<word>"`` in either
-key order, which accepts any slug length (bug B6 of the release required 3+ letters).
+key order, which accepts any slug length (the release's regex required 3+ letters, an upstream bug;
+see ``docs/deviations.md``).
 """
 
 from __future__ import annotations

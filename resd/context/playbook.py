@@ -1,6 +1,7 @@
 """The ACE-style playbook: sections of bullet lessons with helpful/harmful counters.
 
-Text format (RESD.md 2.1), rendered verbatim into prompts::
+Text format (that of horizon-llm/RESD, ``selfevolve/resd/context_updater/playbook_utils.py``),
+rendered verbatim into prompts::
 
     ## STRATEGIES & INSIGHTS
     [sai-00001] helpful=2 harmful=0 :: Check the boundary cases first.
@@ -12,7 +13,8 @@ The playbook is held as sections -> :class:`Bullet` records and rendered to text
 ``## `` headers and lines that match :data:`BULLET_RE` and drops everything else. Canonical text
 (a header, its bullets, one blank line before the next header) round-trips exactly.
 
-Besides the text, each playbook carries the state RESD keeps per playbook (RESD.md 2.2): the next
+Besides the text, each playbook carries the state RESD keeps per playbook (``_make_fresh_state`` in
+horizon-llm/RESD, ``selfevolve/resd/context_updater/playbook_context_updater.py``): the next
 id counter (monotonic, ids are never reused), ``update_count`` (one per context update) and
 ``last_used`` (the step at which a bullet was created or last tagged helpful/harmful), plus the
 random generator used by concise so that a resumed run draws the same numbers.
@@ -66,8 +68,9 @@ _NOT_SLUG = re.compile(r"[^a-z]")
 def normalize_section(name: str) -> str:
     """Section key of a header or a curator's section name.
 
-    Lower-case, '&' -> 'and', '-' treated like a space (fixes B6, so PROBLEM-SOLVING HEURISTICS
-    becomes ``problem_solving_heuristics``), runs of spaces -> one '_'. Leading '#' are ignored.
+    Lower-case, '&' -> 'and', '-' treated like a space (fixes an upstream bug, see
+    ``docs/deviations.md``: PROBLEM-SOLVING HEURISTICS becomes ``problem_solving_heuristics``),
+    runs of spaces -> one '_'. Leading '#' are ignored.
     """
     text = name.strip().lstrip("#").lower().replace("&", " and ").replace("-", " ")
     return "_".join(text.split())
@@ -103,7 +106,7 @@ class Bullet:
 
     @property
     def kind(self) -> str:
-        """Classification used by concise (RESD.md 2.3): "unused", "harmful" or "helpful"."""
+        """Classification used by concise (as in horizon-llm/RESD): "unused", "harmful" or "helpful"."""
         if self.helpful + self.harmful == 0:
             return "unused"
         if self.harmful >= self.helpful and self.harmful > 0:
@@ -319,9 +322,10 @@ class Playbook:
         return classes
 
     def stats(self) -> dict[str, Any]:
-        """Curator-prompt stats (RESD.md 2.3): totals, high-performing (h > 5 and d < 2), problematic
-        (d >= h and d > 0), unused (h + d = 0) in that elif order, and per-section sums keyed by the
-        raw header text (sections with at least one bullet)."""
+        """Curator-prompt stats (``get_playbook_stats`` of horizon-llm/RESD's ``playbook_utils.py``):
+        totals, high-performing (h > 5 and d < 2), problematic (d >= h and d > 0), unused (h + d = 0)
+        in that elif order, and per-section sums keyed by the raw header text (sections with at least
+        one bullet)."""
         stats: dict[str, Any] = {"total_bullets": 0, "high_performing": 0, "problematic": 0, "unused": 0,
                                  "by_section": {}}
         for section in self.sections:

@@ -1,4 +1,7 @@
-"""Reflector, success-reflector and curator prompt templates (RESD.md 3.1-3.3), in our own words.
+"""Reflector, success-reflector and curator prompt templates, in our own words.
+
+Their structure follows horizon-llm/RESD's ``REFLECTOR_PROMPT``, ``SUCCESS_REFLECTOR_PROMPT`` and
+``CURATOR_PROMPT`` (``selfevolve/resd/context_updater/prompts/ace_reflector.py``, ``ace_curator.py``).
 
 Filled with ``str.format``; literal JSON braces are doubled. Placeholders:
 

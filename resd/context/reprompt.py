@@ -1,8 +1,10 @@
 """SDPO's teacher context ("reprompt"): the student's prompt plus a successful sibling and/or feedback.
 
-Implements ``shared/reference/SDPO.md`` §2 exactly: success threshold, first successful sibling as
-the demonstration (optionally excluding the sample itself), ``<think>`` stripping, feedback only
-without a solution, the three templates, system messages kept, and the per-sequence mask.
+Implements ``_maybe_build_self_distillation_batch`` of lasgroup/SDPO
+(``verl/trainer/ppo/ray_trainer.py``; templates from ``verl/trainer/config/actor/actor.yaml``)
+exactly: success threshold, first successful sibling as the demonstration (optionally excluding
+the sample itself), ``<think>`` stripping, feedback only without a solution, the three templates,
+system messages kept, and the per-sequence mask.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The solution buffer (RESD.md 2.6) and the teacher's solution priority (RESD.md 3.5).
+"""The solution buffer and the teacher's solution priority (as in horizon-llm/RESD's context updater
+and ``_maybe_build_self_distillation_batch`` in ``selfevolve/resd/trainer/ppo/stream_trainer.py``).
 
 The buffer maps an example's stable id to the raw text (thinking included) of its last stored
 successful response. Keys are stored as ``str(example_id)`` so that the JSON checkpoint round
@@ -54,7 +55,7 @@ def select_solution(index: int, responses: Sequence[str], successes: Sequence[bo
     Priority: its own response if it succeeded and ``allow_self`` (i.e. not
     ``dont_reprompt_on_self_success``) -> the first successful other sample of the same group (uid)
     -> ``buffered`` (the buffer's entry for its example) -> none. A successful sample gets no solution
-    at all when ``allow_self`` is False, as in the RESD reference (arXiv 2605.12741): the buffer then
+    at all when ``allow_self`` is False, as in RESD (horizon-llm/RESD): the buffer then
     already holds its own text, and a peer would teach it what it already did. Returns
     ``(text, source)`` with source "self", "peer", "buffer" or "none"; thinking is stripped when
     ``remove_thinking``.

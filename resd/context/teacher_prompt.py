@@ -1,9 +1,12 @@
 """RESD's teacher prompt: the task plus playbook, previous trial, feedback, reflection and solution.
 
-Follows RESD.md §3.4-3.5 (the "v4" layout) with our own wording and the truncated instruction of the
-release (bug B5) completed. The wording lives in a template file (``resd/templates/teacher.txt``)
-that a user can replace with ``resd.teacher_template=PATH``; the task noun and the final line come
-from the environment (``task_description``, ``final_instruction``).
+Follows the "v4" layout of RESD's teacher templates and the way its trainer fills them
+(horizon-llm/RESD, ``selfevolve/resd/context_updater/prompts/*_generator_v4.txt`` and
+``_maybe_build_self_distillation_batch`` in ``selfevolve/resd/trainer/ppo/stream_trainer.py``) with
+our own wording and the truncated instruction of the release completed (see ``docs/deviations.md``).
+The wording lives in a template file (``resd/templates/teacher.txt``) that a user can replace with
+``resd.teacher_template=PATH``; the task noun and the final line come from the environment
+(``task_description``, ``final_instruction``).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ FEEDBACK_TEMPLATE = "\n### The following is feedback from your earlier attempt:\
 
 @dataclasses.dataclass(frozen=True)
 class TeacherPromptConfig:
-    """Which sections the RESD teacher sees (RESD.md §2.7 ``use_*_in_teacher_prompt``)."""
+    """Which sections the RESD teacher sees (upstream's ``use_*_in_teacher_prompt`` switches)."""
 
     use_playbook: bool = True
     use_previous_trial: bool = True
@@ -71,7 +74,7 @@ class TeacherPromptParts:
 
     @property
     def sd_mask(self) -> bool:
-        """RESD.md §1.3: a target exists if there is a solution, used feedback or a reflection."""
+        """As in horizon-llm/RESD: a target exists if there is a solution, used feedback or a reflection."""
         return self.solution_used or self.feedback_used or self.reflection_used
 
 
@@ -88,7 +91,7 @@ def build_teacher_prompt(
     final_instruction: str,
     config: TeacherPromptConfig = TeacherPromptConfig(),
 ) -> TeacherPromptParts:
-    """Fill the teacher template for one sample (RESD.md §3.5)."""
+    """Fill the teacher template for one sample (as RESD's ``_maybe_build_self_distillation_batch``)."""
     limit = config.max_section_chars
     solution = solution if config.use_solution else None
     if solution is not None and config.remove_thinking_from_solution:

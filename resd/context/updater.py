@@ -1,4 +1,8 @@
-"""RESD's context update: concise -> reflect on failures -> success tags -> curate -> trim (RESD.md §2.4).
+"""RESD's context update: concise -> reflect on failures -> success tags -> curate -> trim.
+
+The order is that of ``update`` in horizon-llm/RESD,
+``selfevolve/resd/context_updater/playbook_context_updater.py``; Algorithm 1 of the paper
+(arXiv 2605.12741) gives its outline.
 
 :class:`ContextUpdater` owns the playbooks and the solution buffer. It does not know about models:
 reflector and curator text comes from a ``generate(list_of_chat_messages) -> list_of_texts``
@@ -25,7 +29,7 @@ TextGenerate = Callable[[Sequence[list[dict[str, str]]]], list[str]]
 
 @dataclasses.dataclass(frozen=True)
 class UpdaterConfig:
-    """Context-updater settings (RESD.md §2.7; defaults are those of the RESD run scripts)."""
+    """Context-updater settings (defaults are those of the RESD run scripts, horizon-llm/RESD)."""
 
     playbook_mode: str = "global"
     concise_frequency: int | None = 4
@@ -69,7 +73,7 @@ class ContextUpdater:
         return self.store.get(example_id)
 
     def playbook_text(self, example_id: str | None = None) -> str:
-        """The playbook for the teacher prompt: "" while it has no bullet (RESD.md §3.5)."""
+        """The playbook for the teacher prompt: "" while it has no bullet (as in horizon-llm/RESD)."""
         pb = self.store.get(example_id)
         return "" if pb.is_empty() else pb.render()
 
@@ -103,10 +107,11 @@ class ContextUpdater:
     def update(self, items: Sequence[UpdateItem], generate: TextGenerate) -> tuple[list[str], dict[str, float]]:
         """One context update on a batch. Returns the reflection per item ("" for correct ones) and metrics.
 
-        Order (RESD.md §2.4): concise check per active playbook -> one reflection per incorrect item,
-        all against the same playbook version -> tags applied reflection by reflection -> success
-        tags from correct items (one per example) -> one curation per incorrect example, all
-        operations applied together -> trim over the cap -> update_count += 1.
+        Order (upstream's, see the module docstring): concise check per active playbook -> one
+        reflection per incorrect item, all against the same playbook version -> tags applied
+        reflection by reflection -> success tags from correct items (one per example) -> one
+        curation per incorrect example, all operations applied together -> trim over the cap ->
+        update_count += 1.
         """
         cfg = self.config
         metrics: dict[str, float] = {}

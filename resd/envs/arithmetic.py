@@ -2,7 +2,7 @@
 
 Problems are generated deterministically from a seed, so no data has to be downloaded. Difficulty
 is set by the operation and the number of digits; ``mul`` with 2x2 digits is in the rare-success
-regime for the 0.5B default model (CPU_MACHINE.md §8).
+regime for the 0.5B default model (see ``benchmarks/efficacy/configs/arithmetic.yaml``).
 """
 
 from __future__ import annotations

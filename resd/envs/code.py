@@ -1,11 +1,11 @@
 """Code (LiveCodeBench-style): run the model's program against unit tests, LeetCode-style feedback.
 
-Follows SDPO's code environment (SDPO.md section 4.3): the longest fenced block is the program;
-``functional`` tests call a function with JSON arguments and compare canonical JSON, ``stdin`` tests
-compare printed output; the reward is 1 only if every test passes, ``acc`` is the fraction passed;
-the feedback shows the first runtime error, else a time-out, else a format problem, else up to two
-wrong answers (shortest first), capped at 2,000 characters. Every program runs in
-:mod:`resd.sandbox`.
+Follows SDPO's code environment (lasgroup/SDPO, ``verl/utils/reward_score/feedback/code.py``): the
+longest fenced block is the program; ``functional`` tests call a function with JSON arguments and
+compare canonical JSON, ``stdin`` tests compare printed output; the reward is 1 only if every test
+passes, ``acc`` is the fraction passed; the feedback shows the first runtime error, else a time-out,
+else a format problem, else up to two wrong answers (shortest first), capped at 2,000 characters.
+Every program runs in :mod:`resd.sandbox`.
 
 Rows: SDPO JSON rows (``prompt`` text, ``system``, ``tests`` as a JSON string), veRL parquet rows
 (``prompt`` messages, ``reward_model.ground_truth`` = the tests JSON) and raw LiveCodeBench rows

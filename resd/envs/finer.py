@@ -1,8 +1,9 @@
-"""FiNER: tag four numbers in financial sentences with US GAAP XBRL tags (RESD.md section 5.3).
+"""FiNER: tag four numbers in financial sentences with US GAAP XBRL tags.
 
 The model answers ``<answer>Tag1,Tag2,Tag3,Tag4</answer>``. Tags are compared position by
 position (case-insensitive, numbers compared as numbers); the reward is the fraction of correct
-tags, ``acc`` is 1 only if all are correct, and the feedback names the correct tags.
+tags, ``acc`` is 1 only if all are correct, and the feedback names the correct tags (as in
+horizon-llm/RESD, ``selfevolve/resd/feedback/finer.py::compute_score_count``).
 
 Data: the 500-row FiNER validation file ships with the package (``load_split("test")`` or
 ``"val"``); it comes from FiNER-139 (Loukas et al., 2022, CC BY-SA 4.0) as batched by the ACE and

@@ -1,9 +1,10 @@
 """Multiple-choice questions (SciKnowEval-style): an exact letter in ``<answer>`` tags, no rich feedback.
 
-Follows SDPO.md section 4.1: the prediction is the text after the last ``<answer>`` and before the
-next ``</answer>``, stripped; the reward is 1 iff it equals the gold letter exactly; the feedback is
-always "". ``details["incorrect_format"]`` is 1 when the response does NOT end its answer in the
-expected form (upstream logs this flag inverted; we log it the right way round).
+Follows SDPO's MCQ reward (lasgroup/SDPO, ``verl/utils/reward_score/feedback/mcq.py``): the
+prediction is the text after the last ``<answer>`` and before the next ``</answer>``, stripped; the
+reward is 1 iff it equals the gold letter exactly; the feedback is always "".
+``details["incorrect_format"]`` is 1 when the response does NOT end its answer in the expected form
+(upstream logs this flag inverted; we log it the right way round).
 
 Rows: SDPO JSON rows (``prompt`` text, ``system``, ``answer``), veRL parquet rows (``prompt``
 messages, ``reward_model.ground_truth``) and raw SciKnowEval rows (``question``,

@@ -20,7 +20,8 @@ def token_weights(
     """[B, T] weights w such that the aggregated loss is ``sum(w * per_token_loss)``.
 
     - ``seq-mean-token-mean``: each sequence's masked token mean, averaged over ALL B sequences
-      (masked-out sequences still count in B; SDPO.md §1.7).
+      (masked-out sequences still count in B, as in lasgroup/SDPO, whose configs use micro-batches
+      of one sequence with veRL's token mean).
     - ``token-mean``: one mean over all masked tokens of the batch.
     - ``seq-mean-token-sum-norm`` (Dr.GRPO): token sums divided by ``B * norm_length`` (a constant,
       the maximum response length; defaults to T).
@@ -41,7 +42,7 @@ def token_weights(
 
 
 def success_rate_weights(successes: list[bool], alpha: float = 1.0, beta: float = 1.0) -> torch.Tensor:
-    """RESD's per-sequence rebalancing (RESD.md §1.4).
+    """RESD's per-sequence rebalancing (arXiv 2605.12741, App. B).
 
     With s the batch success rate clipped to [1/B, 1 - 1/B], a success gets ``(1 - s)**alpha`` and a
     failure ``s**beta``; the weights are then scaled to mean 1 (all ones if the mean is below 1e-8).

@@ -1,7 +1,9 @@
 """Self-distillation: the divergence between the student and its self-teacher on the response tokens.
 
-The math follows SDPO (``shared/reference/SDPO.md`` §1.3-1.7) and RESD's additions (teacher floor and
-ceiling, per-sequence weights; ``RESD.md`` §1.3-1.4). Every function here works in float32 whatever
+The math follows SDPO (arXiv 2601.20802; ``compute_self_distillation_loss`` in lasgroup/SDPO,
+``verl/trainer/ppo/core_algos.py``) and RESD's additions (teacher floor and ceiling, the paper's
+epsilon_min / epsilon_max; per-sequence success-rate weights, arXiv 2605.12741 App. B; code in
+horizon-llm/RESD, ``selfevolve/resd/trainer/ppo/``). Every function here works in float32 whatever
 the input dtype, and never materializes more than ``chunk_size x vocab`` log-probabilities at a time.
 """
 
@@ -20,7 +22,7 @@ LogitsFn = Callable[[slice], torch.Tensor]
 
 @dataclasses.dataclass(frozen=True)
 class DistillationSpec:
-    """Which distributions are compared and how (SDPO §1.3-1.5, RESD §1.3)."""
+    """Which distributions are compared and how (SDPO's options plus RESD's teacher bounds; see above)."""
 
     alpha: float = 0.5
     topk: int | None = 100
@@ -180,10 +182,12 @@ def token_terms(
 
 
 def is_ratio(logp: torch.Tensor, old_logp: torch.Tensor | None, clip: float | None) -> torch.Tensor:
-    """Detached upper-clipped importance ratio min(exp(logp - old), clip); 1 when off."""
+    """Detached upper-clipped importance ratio min(exp(logp - old), clip); 1 when off (in ``logp``'s dtype,
+    at least float32)."""
     if old_logp is None or clip is None:
         return torch.ones_like(logp)
-    return torch.exp((logp.detach() - old_logp.float()).clamp(-20.0, 20.0)).clamp(max=clip)
+    dtype = torch.promote_types(logp.dtype, torch.float32)
+    return torch.exp((logp.detach().to(dtype) - old_logp.to(dtype)).clamp(-20.0, 20.0)).clamp(max=clip)
 
 
 def self_distillation_loss(

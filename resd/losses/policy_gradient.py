@@ -43,14 +43,16 @@ def ppo_clip_token_loss(
     """Per-token PPO-clip loss ``max(-A r, -A clip(r, 1-low, 1+high))`` and the clipped-token indicator.
 
     With ``dual_clip`` c, tokens with negative advantage are additionally capped at ``-A c``
-    (veRL's dual-clip PPO). All inputs are broadcast together; ``advantages`` is detached.
+    (veRL's dual-clip PPO). All inputs are broadcast together; ``advantages`` is detached. The math
+    is done in ``logp``'s dtype, at least float32.
     """
-    adv = advantages.detach().float()
-    ratio = torch.exp((logp.float() - old_logp.detach().float()).clamp(-20.0, 20.0))
+    dtype = torch.promote_types(logp.dtype, torch.float32)
+    adv = advantages.detach().to(dtype)
+    ratio = torch.exp((logp.to(dtype) - old_logp.detach().to(dtype)).clamp(-20.0, 20.0))
     loss1 = -adv * ratio
     loss2 = -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
     loss = torch.maximum(loss1, loss2)
-    clipped = (loss2 > loss1).float()
+    clipped = (loss2 > loss1).to(dtype)
     if dual_clip is not None:
         capped = torch.minimum(loss, -adv * dual_clip)
         loss = torch.where(adv < 0, capped, loss)

@@ -2,7 +2,8 @@
 
 - ``ema``: a separate copy, ``teacher <- (1 - tau) teacher + tau student`` after every optimizer
   step whose gradient is finite (SDPO's default, tau = 0.05).
-- ``frozen``: the initial model (an EMA with tau = 0; RESD's released behaviour, bug B1).
+- ``frozen``: the initial model (an EMA with tau = 0; the behaviour of RESD's release, whose EMA
+  never runs, see ``docs/deviations.md``).
 - ``live``: the current student itself, without gradient.
 - ``trust-region``: the frozen initial model and the live student run on the teacher input and
   their logits are mixed, ``(1 - tau) l_ref + tau l_student``.

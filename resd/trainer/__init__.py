@@ -1,17 +1,16 @@
-"""Training loops. :func:`build_trainer` picks the trainer class for ``config.algorithm``."""
+"""The training loop (:class:`Trainer`) and its parts: policy, rollouts, learner, schedule."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from resd.config import Config
-from resd.trainer.stream import StreamTrainer
 from resd.trainer.trainer import Trainer
 
 
 def build_trainer(config: Config, **kwargs: Any) -> Trainer:
-    """The trainer for the configuration: the stream loop for ``resd`` or ``stream.enabled``."""
-    return StreamTrainer(config, **kwargs) if config.uses_stream else Trainer(config, **kwargs)
+    """The trainer for a configuration (the algorithm and the schedule come from it)."""
+    return Trainer(config, **kwargs)
 
 
-__all__ = ["StreamTrainer", "Trainer", "build_trainer"]
+__all__ = ["Trainer", "build_trainer"]

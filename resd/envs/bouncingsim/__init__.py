@@ -1,4 +1,4 @@
-"""BouncingSim (RESD reference, section 5.2): predict bouncing balls with a Python function.
+"""BouncingSim (a task of RESD, arXiv 2605.12741): predict bouncing balls with a Python function.
 
 A scene is a fixed convex regular polygon with 3 (easy) or 4-5 (medium) elastic balls inside.
 The model writes ``predict_position(t)``; each of about 15 timestamped asserts compares its

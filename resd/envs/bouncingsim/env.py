@@ -23,7 +23,7 @@ from resd.envs.bouncingsim.scene import DIFFICULTIES
 
 
 class BouncingSimEnv(Environment):
-    """BouncingSim-Easy / Medium (RESD reference, section 5.2).
+    """BouncingSim-Easy / Medium (as in horizon-llm/RESD, ``selfevolve/resd/feedback/bouncingsim.py``).
 
     ``score`` is 1.0 only if every test passes (sparse), ``acc`` the fraction passed. Each test
     calls the extracted program's ``predict_position`` in the sandbox with a ``time_limit_s`` budget

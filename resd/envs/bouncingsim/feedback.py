@@ -1,4 +1,5 @@
-"""The feedback text a BouncingSim response receives (RESD reference, section 5.2).
+"""The feedback text a BouncingSim response receives (as in horizon-llm/RESD,
+``selfevolve/resd/feedback/bouncingsim.py``).
 
 Layout::
 

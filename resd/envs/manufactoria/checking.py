@@ -1,4 +1,5 @@
-"""Test tapes, the pass rule, and one record per test (RESD.md section 5.1, "Tests").
+"""Test tapes, the pass rule, and one record per test (as in horizon-llm/RESD,
+``selfevolve/resd/feedback/manufactoria.py``).
 
 A record's ``actual`` is the final tape, or ``"Error: <reason>"`` when a failing test was
 rejected (and for a program that does not parse), which is what the feedback renderer keys on.

@@ -1,4 +1,5 @@
-"""Parser of the Manufactoria factory DSL (RESD.md section 5.1, "DSL grammar").
+"""Parser of the Manufactoria factory DSL (the grammar of horizon-llm/RESD's
+``selfevolve/resd/feedback/manufactoria/verifier/manufactoria_parser.py``).
 
 A program is a list of node declarations, each followed by its indented route lines::
 

@@ -1,4 +1,5 @@
-"""The Manufactoria environment: code extraction, scoring and feedback (RESD.md section 5.1).
+"""The Manufactoria environment: code extraction, scoring and feedback (as in horizon-llm/RESD,
+``selfevolve/resd/feedback/manufactoria.py``).
 
 Rows may come in the upstream Hugging Face layout (``messages``, ``ground_truth`` as a list of
 test dicts or its JSON string, ``id``, ...) or the veRL layout (``prompt``,

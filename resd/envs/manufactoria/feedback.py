@@ -1,4 +1,5 @@
-"""The feedback text shown to the self-teacher (RESD.md section 5.1, "Feedback text").
+"""The feedback text shown to the self-teacher (as ``format_test_feedback`` in horizon-llm/RESD,
+``selfevolve/resd/feedback/manufactoria.py``).
 
 Only failing tests are rendered. If any failing record is an error (a false rejection or a parse
 failure), only the first such record is shown, as a ``Runtime Error``; otherwise the two failures

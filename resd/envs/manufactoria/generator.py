@@ -1,4 +1,5 @@
-"""Generator of the Manufactoria-Has dataset (RESD.md sections 5.1 and 6).
+"""Generator of the Manufactoria-Has dataset (Hugging Face ``manufactoria/has_train`` and
+``manufactoria/has_test``, the Manufactoria task of RESD, arXiv 2605.12741).
 
 Three families, all four-colour (R, B, Y, G) and easy:
 
@@ -16,7 +17,7 @@ with seed 42. Every problem has 35 distinct test tapes: the empty tape and the f
 tapes, pattern-specific cases (the pattern itself, near misses, long tapes of up to 20 symbols),
 tapes built to satisfy or narrowly miss the criterion (up to 12 symbols) until each label has 8
 tapes, then random tapes of length 1 to 12. So every problem has at least 8 accepted and 8
-rejected tapes (the specification asks for at least 3). Every label is computed from the
+rejected tapes (the upstream data has at least 3 of each). Every label is computed from the
 criterion, never assumed. Each problem draws from its own ``random.Random`` seeded by the seed
 and its name, so the output is deterministic.
 

@@ -1,4 +1,8 @@
-"""Running one robot through a parsed factory (RESD.md section 5.1, "Interpreter")."""
+"""Running one robot through a parsed factory.
+
+As ``RobotFactory.process_robot`` of horizon-llm/RESD's Manufactoria verifier
+(``selfevolve/resd/feedback/manufactoria/verifier/``).
+"""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """The student prompt: documentation of the factory DSL followed by the task.
 
 The text is written for this project; it follows the structure of the upstream prompt
-(RESD.md section 5.1, "Prompt"): overview, robots and tape, operations, objective, syntax rules,
-an example that accepts exactly one red tape, then ``# Task`` and the criteria.
+(the ``messages`` of Hugging Face ``manufactoria/has_train``): overview, robots and tape,
+operations, objective, syntax rules, an example that accepts exactly one red tape, then ``# Task``
+and the criteria.
 """
 
 from __future__ import annotations
