@@ -48,31 +48,18 @@ def _train(args: argparse.Namespace) -> int:
 
 def _load_run_config(run_dir: Path, overrides: list[str]):
     from resd.config import ConfigError, load_config
+    from resd.run_dir import RunDir
 
-    config_file = run_dir / "config.yaml"
-    if not config_file.is_file():
+    run = RunDir(run_dir)
+    if not run.is_run():
         raise ConfigError(f"{run_dir} has no config.yaml; is it a run directory?")
-    return load_config(path=config_file, overrides=[f"logging.run_dir={run_dir}", *overrides])
+    return load_config(path=run.config, overrides=[f"logging.run_dir={run_dir}", *overrides])
 
 
 def _checkpoint_dir(run_dir: Path, which: str) -> Path:
-    import json
+    from resd.run_dir import RunDir
 
-    from resd.trainer.checkpoint import CheckpointError, latest_valid
-
-    root = run_dir / "checkpoints"
-    if which == "latest":
-        path = latest_valid(root)
-    elif which == "best":
-        best = run_dir / "best.json"
-        if not best.is_file():
-            raise CheckpointError(f"{run_dir} has no best.json (no validation ran)")
-        path = root / f"step-{json.loads(best.read_text())['step']:06d}"
-    else:
-        path = root / f"step-{int(which):06d}"
-    if path is None or not path.is_dir():
-        raise CheckpointError(f"no checkpoint {which!r} in {root}")
-    return path
+    return RunDir(run_dir).checkpoint(which)
 
 
 def load_policy(config, run_dir: Path | None = None, which: str = "latest"):
@@ -137,7 +124,14 @@ def _eval(args: argparse.Namespace) -> int:
     result = evaluate(env, rows, HFGenerator(model, tokenizer, config.rollout.batch_size), tokenizer, sampling, k,
                       success_threshold=e.success_threshold, max_prompt_length=config.data.max_prompt_length,
                       chat_template_kwargs=config.model.chat_template_kwargs, progress=config.logging.progress)
-    out = Path(args.out) if args.out else (run_dir / "eval" if run_dir else Path("evals") / f"{config.data.env}-{datetime.now():%Y%m%d-%H%M%S}")
+    if args.out:
+        out = Path(args.out)
+    elif run_dir is not None:
+        from resd.run_dir import RunDir
+
+        out = RunDir(run_dir).eval_dir
+    else:
+        out = Path("evals") / f"{config.data.env}-{datetime.now():%Y%m%d-%H%M%S}"
     summary_path, samples_path = result.write(out, f"{config.data.env}-{args.split or config.data.val_split}")
     for name, value in sorted(result.summary.items()):
         print(f"{name:36s} {value:.4f}")
@@ -146,14 +140,9 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _snapshots(run_dir: Path) -> dict[int, Path]:
-    folder = run_dir / "playbook"
-    found = {}
-    for path in sorted(folder.glob("step-*.*")) if folder.is_dir() else []:
-        try:
-            found[int(path.stem.split("-")[1])] = path
-        except (IndexError, ValueError):
-            continue
-    return found
+    from resd.run_dir import RunDir
+
+    return RunDir(run_dir).playbook_snapshots()
 
 
 def _playbook_text(path: Path) -> str:

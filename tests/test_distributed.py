@@ -74,6 +74,14 @@ def test_two_processes_match_one(tmp_path, algorithm):
         playbook = (tmp_path / "two" / "playbook" / "step-000002.txt").read_text()
         assert "lesson" in playbook
         assert playbook == (tmp_path / "one" / "playbook" / "step-000002.txt").read_text()
+    else:  # a sharded run's checkpoint loads for evaluation and the report like any other
+        for args in (["eval", "--run", str(tmp_path / "two"), "--limit", "2", "--k", "1", "--out", str(tmp_path / "ev")],
+                     ["report", str(tmp_path / "two"), "--out", str(tmp_path / "report.html")]):
+            result = subprocess.run([sys.executable, "-m", "resd.cli", *args], env=_env(), capture_output=True,
+                                    text=True, timeout=600)
+            assert result.returncode == 0, result.stderr[-4000:]
+        (summary,) = (tmp_path / "ev").glob("*_summary.json")
+        assert json.loads(summary.read_text())["prompts"] == 2 and (tmp_path / "report.html").is_file()
 
 
 @pytest.mark.slow

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from resd.losses import group_advantages
+from resd.run_dir import RunDir
 from resd.sample import Sample
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ class Services:
         seeds: ``seeds(purpose, count)``: per-sequence sampling seeds for this step (None when
             sampling is not seeded).
         dist: the process group (an algorithm's state must be the same on every rank).
-        run_dir: the run directory (algorithms may write their own files under it).
+        run: the run directory (:class:`resd.run_dir.RunDir`; algorithms write their files where it says).
     """
 
     env: Environment
@@ -52,7 +52,7 @@ class Services:
     tokenizer: Any
     seeds: Callable[[str, int], list[int] | None]
     dist: DistInfo
-    run_dir: Path
+    run: RunDir
 
 
 class Algorithm:

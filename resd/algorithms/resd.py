@@ -94,9 +94,8 @@ class RESD(Algorithm):
             r.use_reflection_in_teacher_prompt, r.use_solution_in_teacher_prompt, r.feedback_only_without_solution,
             config.reprompt.remove_thinking_from_demonstration, r.max_section_chars,
         )
-        self.playbook_dir = services.run_dir / "playbook"
         if services.dist.is_main:
-            self.playbook_dir.mkdir(parents=True, exist_ok=True)
+            services.run.playbook_dir.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ one step
     def prepare(self, samples: list[Sample], step: int) -> dict[str, float]:
@@ -126,7 +125,7 @@ class RESD(Algorithm):
             self.text_generate = text_generator(self.config, self.services)
         reflections, metrics = self.updater.update(items, self.text_generate)
         if self.updater.last_curations and self.services.dist.is_main:
-            with (self.services.run_dir / "curation.jsonl").open("a", encoding="utf-8") as f:
+            with self.services.run.curation.open("a", encoding="utf-8") as f:
                 for record in self.updater.last_curations:
                     f.write(json.dumps({"step": step, **record}) + "\n")
         for s, reflection in zip(samples, reflections, strict=True):
@@ -201,12 +200,13 @@ class RESD(Algorithm):
     def write_playbook_snapshot(self, step: int) -> None:
         if not self.services.dist.is_main:
             return
-        path = self.playbook_dir / f"step-{step:06d}"
-        if self.updater.store.mode == "global":
-            atomic_write_text(path.with_suffix(".txt"), self.updater.playbook().render() + "\n")
+        per_example = self.updater.store.mode != "global"
+        path = self.services.run.playbook_snapshot(step, per_example)
+        if not per_example:
+            atomic_write_text(path, self.updater.playbook().render() + "\n")
         else:
             texts = {k: pb.render() for k, pb in self.updater.store.items()}
-            atomic_write_text(path.with_suffix(".json"), json.dumps(texts, indent=1))
+            atomic_write_text(path, json.dumps(texts, indent=1))
 
     def sample_record(self, sample: Sample) -> dict[str, Any]:
         if "reflection" in sample.extra:

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from resd.run_dir import RunDir
+
 _STEP_FILE = re.compile(r"^step-(\d+)$")
 
 
@@ -229,23 +231,23 @@ def read_best(path: Path, warnings: list[str]) -> dict[str, Any] | None:
 
 def load_run(path: str | Path) -> RunData:
     """Read a run directory; never raises for missing or damaged files (see ``warnings``)."""
-    root = Path(path)
+    run = RunDir(path)
     warnings: list[str] = []
-    config = read_config(root / "config.yaml", warnings)
-    metric_rows = read_jsonl(root / "metrics.jsonl", warnings)
-    if not (root / "metrics.jsonl").is_file():
+    config = read_config(run.config, warnings)
+    metric_rows = read_jsonl(run.metrics, warnings)
+    if not run.metrics.is_file():
         warnings.append("metrics.jsonl is missing")
     metrics = merge_metrics(metric_rows, warnings)
-    samples = [s for s in read_jsonl(root / "samples.jsonl", warnings) if _step_of(s.get("step")) is not None]
-    checkpoints = [step for step, p in _numbered(root / "checkpoints", "step-*") if p.is_dir()]
+    samples = [s for s in read_jsonl(run.samples, warnings) if _step_of(s.get("step")) is not None]
+    checkpoints = run.checkpoint_steps()
     return RunData(
-        path=root,
+        path=run.root,
         config=config,
         metrics=metrics,
         samples=samples,
-        playbooks=read_playbooks(root / "playbook", warnings),
-        evals=read_evals(root / "eval", warnings),
-        best=read_best(root / "best.json", warnings),
+        playbooks=read_playbooks(run.playbook_dir, warnings),
+        evals=read_evals(run.eval_dir, warnings),
+        best=read_best(run.best, warnings),
         checkpoints=checkpoints,
         warnings=warnings,
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from resd.fileio import atomic_write_text
+from resd.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -22,12 +23,12 @@ def _clean(value: Any) -> Any:
 class RunLogger:
     """Appends metrics to ``metrics.jsonl`` and forwards them to W&B / TensorBoard / trackio if asked."""
 
-    def __init__(self, run_dir: Path, config: dict[str, Any], wandb: bool = False, tensorboard: bool = False,
+    def __init__(self, run: RunDir, config: dict[str, Any], wandb: bool = False, tensorboard: bool = False,
                  trackio: bool = False, project: str = "resd", name: str = "run", enabled: bool = True) -> None:
         self.enabled = enabled  # False on every rank but the first
-        self.run_dir = run_dir
-        self.metrics_path = run_dir / "metrics.jsonl"
-        self.samples_path = run_dir / "samples.jsonl"
+        self.run = run
+        self.metrics_path = run.metrics
+        self.samples_path = run.samples
         self._trackers: list[Any] = []
         if wandb:
             self._trackers.append(self._optional("wandb", lambda m: m.init(project=project, name=name, config=config)))
@@ -36,7 +37,7 @@ class RunLogger:
         if tensorboard:
             def make(_m):
                 from torch.utils.tensorboard import SummaryWriter
-                return SummaryWriter(str(run_dir / "tensorboard"))
+                return SummaryWriter(str(run.tensorboard))
             self._trackers.append(self._optional("tensorboard", make))
         self._trackers = [t for t in self._trackers if t is not None]
 
@@ -52,7 +53,7 @@ class RunLogger:
         """Drop lines of steps > ``step`` (after a resume, so the file has each step once)."""
         if not self.enabled:
             return
-        for path in (self.metrics_path, self.samples_path, self.run_dir / "curation.jsonl"):
+        for path in (self.metrics_path, self.samples_path, self.run.curation):
             if not path.exists():
                 continue
             kept = []

@@ -29,6 +29,7 @@ from resd.algorithms import Services, build_algorithm
 from resd.config import Config
 from resd.distributed import CollectiveError, init_distributed, is_collective_failure
 from resd.fileio import atomic_write_text
+from resd.run_dir import RunDir
 from resd.sample import Sample
 from resd.trainer.checkpoint import latest_valid, load_checkpoint, save_checkpoint
 from resd.trainer.learner import Learner, NonFiniteError
@@ -62,19 +63,19 @@ class Trainer:
             train_rows = self.env.load_split(cfg.data.train_split, cfg.data.train_path, cfg.data.train_limit)
         self.schedule = build_schedule(cfg, train_rows)
         default_dir = Path("runs") / f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
-        self.run_dir = Path(run_dir or cfg.logging.run_dir or self.dist.all_gather(str(default_dir))[0])
+        self.run = RunDir(run_dir or cfg.logging.run_dir or self.dist.all_gather(str(default_dir))[0])
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            self.run.root.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run.config, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         self.dist.barrier()
         self.rollouts = Rollouts(cfg, self.env, self.policy, self.dist)
-        self.services = Services(self.env, None, self.policy.tokenizer, self.rollouts.seeds, self.dist, self.run_dir)
+        self.services = Services(self.env, None, self.policy.tokenizer, self.rollouts.seeds, self.dist, self.run)
         self.algorithm = build_algorithm(cfg, self.services)
         self.learner = Learner(cfg, self.policy, self.dist, self.algorithm.pg_weight, self.schedule.planned_steps())
         self.policy.make_generator()
         self.services.generator = self.policy.generator
         self.step = 0
-        self.validation = Validation(cfg, self.env, self.dist, self.run_dir)
+        self.validation = Validation(cfg, self.env, self.dist, self.run)
         self.rollouts_seen = 0
         self._last_val_rollouts = 0
         self._last_val_step = -1
@@ -82,7 +83,7 @@ class Trainer:
         self.stop_requested = False
         main = self.dist.is_main
         lc = cfg.logging
-        self.logger = RunLogger(self.run_dir, cfg.to_dict(), main and lc.wandb, main and lc.tensorboard,
+        self.logger = RunLogger(self.run, cfg.to_dict(), main and lc.wandb, main and lc.tensorboard,
                                 main and lc.trackio, lc.project, cfg.name, enabled=main)
 
     # ------------------------------------------------------------------ what the parts hold
@@ -242,8 +243,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     @property
+    def run_dir(self) -> Path:
+        return self.run.root
+
+    @property
     def checkpoint_root(self) -> Path:
-        return self.run_dir / "checkpoints"
+        return self.run.checkpoints
 
     def save(self) -> Path | None:
         """Write a checkpoint (rank 0 writes; every rank takes part in gathering the shards)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from resd.config import Config
@@ -12,16 +11,17 @@ from resd.envs.base import Environment
 from resd.fileio import atomic_write_text
 from resd.rollout import SamplingParams
 from resd.rollout.base import mix_seed
+from resd.run_dir import RunDir
 
 
 class Validation:
     """Evaluates the policy on ``data.val_split`` with the ``eval`` settings and tracks ``eval.best_metric``."""
 
-    def __init__(self, config: Config, env: Environment, dist: DistInfo, run_dir: Path) -> None:
+    def __init__(self, config: Config, env: Environment, dist: DistInfo, run: RunDir) -> None:
         self.config = config
         self.env = env
         self.dist = dist
-        self.run_dir = run_dir
+        self.run = run
         self.best: dict[str, Any] | None = None  # {"step", "metric", "value"} of the best validation
         self._rows: list[dict[str, Any]] | None = None
 
@@ -43,7 +43,7 @@ class Validation:
             result = evaluate(self.env, self.rows(), generator, tokenizer, sampling, e.k,
                               success_threshold=e.success_threshold, max_prompt_length=cfg.data.max_prompt_length,
                               chat_template_kwargs=cfg.model.chat_template_kwargs, seed=seed)
-            result.write(self.run_dir / "eval", f"step-{step:06d}")
+            result.write(self.run.eval_dir, RunDir.step_name(step))
             summary = result.summary
         return self.dist.all_gather(summary)[0]
 
@@ -63,4 +63,4 @@ class Validation:
     def write_best(self) -> None:
         """``best.json``, written after the best step's checkpoint so that it never names a missing one."""
         if self.dist.is_main and self.best is not None:
-            atomic_write_text(self.run_dir / "best.json", json.dumps(self.best, indent=1))
+            atomic_write_text(self.run.best, json.dumps(self.best, indent=1))
