@@ -45,10 +45,19 @@ def updater_config(config: Config) -> UpdaterConfig:
     """The context updater's settings from the ``resd`` section of a run's configuration."""
     r = config.resd
     prompts = PROMPT_SETS[r.context_prompts]
-    return UpdaterConfig(r.playbook_mode, r.concise_frequency, r.max_bullets, r.concise_method,
-                         r.concise_after_curation, r.tag_correct_samples, r.dedup_threshold,
-                         reflector_template=prompts.reflector, success_reflector_template=prompts.success_reflector,
-                         curator_template=prompts.curator, max_response_chars=r.reflector.max_response_chars)
+    return UpdaterConfig(
+        playbook_mode=r.playbook_mode,
+        concise_frequency=r.concise_frequency,
+        max_bullets=r.max_bullets,
+        concise_method=r.concise_method,
+        concise_after_curation=r.concise_after_curation,
+        tag_correct_samples=r.tag_correct_samples,
+        dedup_threshold=r.dedup_threshold,
+        reflector_template=prompts.reflector,
+        success_reflector_template=prompts.success_reflector,
+        curator_template=prompts.curator,
+        max_response_chars=r.reflector.max_response_chars,
+    )
 
 
 def text_generator(config: Config, services: Services):
@@ -90,9 +99,14 @@ class RESD(Algorithm):
         self.text_generate = text_generator(config, services) if r.reflector.backend != "policy" else None
         self.teacher_template = load_template(r.teacher_template)
         self.teacher_prompt_config = TeacherPromptConfig(
-            r.use_playbook_in_teacher_prompt, r.use_previous_trial_in_teacher_prompt, r.use_feedback_in_teacher_prompt,
-            r.use_reflection_in_teacher_prompt, r.use_solution_in_teacher_prompt, r.feedback_only_without_solution,
-            config.reprompt.remove_thinking_from_demonstration, r.max_section_chars,
+            use_playbook=r.use_playbook_in_teacher_prompt,
+            use_previous_trial=r.use_previous_trial_in_teacher_prompt,
+            use_feedback=r.use_feedback_in_teacher_prompt,
+            use_reflection=r.use_reflection_in_teacher_prompt,
+            use_solution=r.use_solution_in_teacher_prompt,
+            feedback_only_without_solution=r.feedback_only_without_solution,
+            remove_thinking_from_solution=config.reprompt.remove_thinking_from_demonstration,
+            max_section_chars=r.max_section_chars,
         )
         if services.dist.is_main:
             services.run.playbook_dir.mkdir(parents=True, exist_ok=True)
