@@ -151,7 +151,7 @@ def run_ours(args: argparse.Namespace) -> dict:
     trainer.model.generate = fixed_length_generate
     timers = Timers()
     timers.wrap(trainer.model, "generate", "generate")
-    timers.wrap(trainer, "_micro_loss", "forward_loss")
+    timers.wrap(trainer.learner, "_micro_loss", "forward_loss")
     timers.wrap(torch.Tensor, "backward", "backward")
     setup_rss = rss_mib()
 
