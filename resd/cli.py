@@ -38,6 +38,17 @@ def _train(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(config.to_dict(), sort_keys=False))
         return 0
+    if not args.resume and config.logging.run_dir:
+        run_dir = Path(config.logging.run_dir)
+        if run_dir.is_dir() and any(run_dir.iterdir()):
+            if not args.overwrite:
+                print(f"error: run directory {run_dir} exists and is not empty; continue it with "
+                      f"`resd train --resume {run_dir}`, replace it with --overwrite, or choose another "
+                      "logging.run_dir", file=sys.stderr)
+                return 2
+            import shutil
+
+            shutil.rmtree(run_dir)
     trainer = build_trainer(config)
     if args.resume and not trainer.resume():
         logging.getLogger("resd").warning("no valid checkpoint in %s: starting from step 0", args.resume)
@@ -285,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", help="a built-in preset (see `resd presets`)")
     train.add_argument("--config", help="a YAML config file (applied after the preset)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest valid checkpoint")
+    train.add_argument("--overwrite", action="store_true",
+                       help="delete an existing, non-empty logging.run_dir first (without it such a run dir is refused)")
     train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     train.set_defaults(func=_train)

@@ -85,3 +85,19 @@ def test_teacher_ratio_bounds_are_checked_and_name_the_key(overrides, message):
         load_config(overrides=overrides)
     assert load_config(overrides=["loss.teacher_min_ratio=1", "loss.teacher_max_ratio=1"]).loss.teacher_min_ratio == 1.0
     assert load_config(overrides=["loss.teacher_min_ratio=0.2"]).loss.teacher_max_ratio is None
+
+
+def test_an_existing_run_directory_is_refused_unless_resumed_or_overwritten(tmp_path, capsys):
+    from resd.cli import main
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text('{"step": 1}\n')
+    args = ["train", "--preset", "smoke", f"logging.run_dir={run_dir}", "train.steps=1", "logging.progress=false"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert str(run_dir) in err and "--resume" in err and "--overwrite" in err
+    assert (run_dir / "metrics.jsonl").read_text() == '{"step": 1}\n'  # nothing was touched
+    assert main([*args, "--overwrite"]) == 0
+    steps = [line for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    assert len(steps) == 1 and '"step": 1' in steps[0] and "reward/mean" in steps[0]
