@@ -271,11 +271,26 @@ def _presets(_args: argparse.Namespace) -> int:
     return 0
 
 
-def _envs(_args: argparse.Namespace) -> int:
+def _envs(args: argparse.Namespace) -> int:
     from resd import envs
+    from resd.config import ConfigError
 
-    for name in envs.available():
-        print(name)
+    extra: list[str] = []
+    for module_name in args.modules:  # the user's modules: their @register'ed and Environment classes
+        try:
+            module = envs.import_target(module_name)
+        except Exception as e:
+            raise ConfigError(f"resd envs {module_name}: cannot import it: {type(e).__name__}: {e}") from None
+        for attr, value in vars(module).items():
+            if (isinstance(value, type) and issubclass(value, envs.Environment) and value is not envs.Environment
+                    and value.__module__ == module.__name__ and not value.__dict__.get("name")
+                    and not getattr(value, "__abstractmethods__", None)):
+                extra.append(f"{module.__name__}:{attr}")
+    rows = [(name, *envs.describe(name)) for name in envs.available()]
+    rows += [(name, "module:Class", envs.first_doc_line(envs.resolve(name))) for name in extra]
+    width = max(len(r[0]) for r in rows)
+    for name, source, doc in rows:
+        print(f"{name:{width}s}  {doc}  [{source}]" if doc else f"{name:{width}s}  [{source}]")
     return 0
 
 
@@ -348,7 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     presets = sub.add_parser("presets", help="list the built-in presets")
     presets.set_defaults(func=_presets)
-    env_list = sub.add_parser("envs", help="list the available environments")
+    env_list = sub.add_parser(
+        "envs", help="list the available environments",
+        description="List the built-in environments, those registered by imported modules and those of installed "
+        "packages' 'resd.envs' entry points, each with the first line of its docstring. Name modules of your own "
+        "(importable from here) to list their environments too; use them as data.env=module:Class.")
+    env_list.add_argument("modules", nargs="*", metavar="MODULE", help="import these modules first (e.g. my_envs)")
     env_list.set_defaults(func=_envs)
 
     from resd.report import add_report_parser

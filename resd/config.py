@@ -65,6 +65,20 @@ class DataConfig(Section):
     score_workers: int = Field(0, ge=0, description="score in N worker processes with a time limit (0: in-process)")
     score_timeout_s: float = Field(60.0, gt=0, description="wall-clock limit of one score() call in a worker")
 
+    @model_validator(mode="after")
+    def _known_env_and_its_arguments(self) -> DataConfig:
+        # an unknown data.env, or an env_kwargs key the environment does not take, fails here (so
+        # --print-config too), naming the key and the known environments / the env's arguments
+        from pydantic_core import PydanticCustomError
+
+        from resd.envs import check_env_config
+
+        try:
+            check_env_config(self.env, self.env_kwargs)
+        except ValueError as e:
+            raise PydanticCustomError("data_env", str(e)) from None
+        return self
+
 
 class RolloutConfig(Section):
     backend: Literal["hf", "vllm"] = Field("hf", description="hf: transformers generate; vllm: a colocated vLLM engine")
@@ -331,12 +345,20 @@ def available_presets() -> list[str]:
 _REPLACED_WHOLE = {"env_kwargs", "chat_template_kwargs", "vllm"}
 
 
-def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """``update`` layered over ``base``: nested sections merge, free-form mappings are replaced whole."""
+def deep_merge(base: dict[str, Any], update: dict[str, Any], *, env_layer: bool = True) -> dict[str, Any]:
+    """``update`` layered over ``base``: nested sections merge, free-form mappings are replaced whole.
+
+    ``data.env_kwargs`` belong to the environment of their layer: a layer that changes ``data.env``
+    without setting ``data.env_kwargs`` starts the new environment from no arguments
+    (``env_layer=False``: ``update`` is part of the same layer, e.g. one of the command-line overrides).
+    """
     out = dict(base)
+    if env_layer and isinstance(update.get("env"), str) and "env_kwargs" not in update and "env_kwargs" in out \
+            and update["env"] != out.get("env", DataConfig.model_fields["env"].default):
+        del out["env_kwargs"]
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in _REPLACED_WHOLE:
-            out[key] = deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value, env_layer=env_layer)
         else:
             out[key] = value
     return out
@@ -401,8 +423,10 @@ def load_config(preset: str | None = None, path: str | Path | None = None, overr
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         data = deep_merge(data, _read_yaml(path))
+    layer: dict[str, Any] = {}  # the overrides are one layer: data.env_kwargs=... data.env=X keeps the kwargs
     for item in overrides or []:
-        data = deep_merge(data, parse_override(item))
+        layer = deep_merge(layer, parse_override(item), env_layer=False)
+    data = deep_merge(data, layer)
     try:
         return Config.model_validate(data)
     except ValidationError as e:

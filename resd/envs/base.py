@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 Example = dict[str, Any]
@@ -40,6 +41,30 @@ class DataError(ValueError):
     """A dataset row is missing a field or has a malformed one."""
 
 
+class Row(dict):
+    """A dataset row (a plain dict to everything else) that carries the id derived for it when it was
+    loaded without one (:func:`resd.data.derive_id`), outside its columns."""
+
+    __slots__ = ("resd_id",)
+
+    def __init__(self, *args: Any, resd_id: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.resd_id = resd_id
+
+
+def _checked(method: Callable[..., list[Example]]) -> Callable[..., list[Example]]:
+    """Wrap a ``load_split`` so that the rows are checked when loaded (:func:`resd.data.checked_load`)."""
+
+    @functools.wraps(method)
+    def load_split(self: Environment, split: str, path: str | None = None, limit: int | None = None) -> list[Example]:
+        from resd.data import checked_load
+
+        return checked_load(self, method, split, path, limit)
+
+    load_split.__resd_checked__ = True  # type: ignore[attr-defined]
+    return load_split
+
+
 class Environment(abc.ABC):
     """Base class of every environment.
 
@@ -51,6 +76,17 @@ class Environment(abc.ABC):
     name: str = ""
     #: noun used by task-specific teacher templates ("answering questions", ...)
     task_description: str = "solving the task"
+    #: {field the environment reads: column of the data files}, applied to rows read from files
+    #: (``data.env_kwargs.columns``; set by :func:`resd.envs.load`)
+    columns: dict[str, str] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # every load_split, the subclass's own included, checks its rows: a readable prompt and a
+        # stable id for each, not empty; errors name the file and row (resd.data.checked_load)
+        method = cls.__dict__.get("load_split")
+        if method is not None and not getattr(method, "__resd_checked__", False):
+            cls.load_split = _checked(method)  # type: ignore[method-assign]
 
     @abc.abstractmethod
     def prompt_messages(self, example: Example) -> list[Message]:
@@ -74,7 +110,8 @@ class Environment(abc.ABC):
         return (1.0 if acc >= 1.0 else 0.0), float(acc)
 
     def example_id(self, example: Example) -> str:
-        """A stable id of the example (the key of RESD's solution buffer)."""
+        """A stable id of the example (the key of RESD's solution buffer): ``extra_info.index``, ``id``,
+        ``idx`` or ``index``, else the id derived when the row was loaded (:class:`Row`)."""
         for path in (("extra_info", "index"), ("id",), ("idx",), ("index",)):
             value: Any = example
             for key in path:
@@ -84,12 +121,22 @@ class Environment(abc.ABC):
                 value = value[key]
             if value is not None:
                 return str(value)
+        derived = getattr(example, "resd_id", None)  # a Row given an id when loaded
+        if derived is not None:
+            return derived
         raise DataError(f"example has no stable id (extra_info.index, id, idx or index): keys {sorted(example)}")
 
+    @_checked
     def load_split(self, split: str, path: str | None = None, limit: int | None = None) -> list[Example]:
-        """Load (or generate) the rows of a split. ``path`` points at a user's own file."""
+        """Load (or generate) the rows of a split. ``path`` points at a user's own data (see
+        :func:`resd.data.read_rows`: a file, a ``datasets`` directory or a hub dataset).
+
+        Every override is checked too (``__init_subclass__``): a row whose prompt or id cannot be
+        built fails here, naming the file and row, and so does an empty split.
+        """
         if path is None:
-            raise DataError(f"environment {self.name!r} ships no data for split {split!r}; pass a path")
+            raise DataError(f"environment {self.name!r} ships no data for split {split!r}; pass a path "
+                            "(data.train_path / data.val_path)")
         from resd.data import read_rows
 
         rows = read_rows(path)
