@@ -236,7 +236,10 @@ def test_train_steps_caps_the_stream_loop_from_a_fresh_home(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if "reward/mean" in r] == [1, 2]
-    assert elapsed < 60, f"took {elapsed:.0f} s"
+    # The target is under a minute on a quiet machine (31 s measured alone); the bound here leaves room
+    # for a loaded 2-core CI machine (96 s seen under load) while still catching the bug, which planned
+    # 32 inner steps and took over half an hour.
+    assert elapsed < 150, f"took {elapsed:.0f} s"
 
 
 def test_stream_loop_validates_every_eval_every_steps(tiny_config):
