@@ -8,14 +8,17 @@ trainer), the teacher's is a constant (EMA copy).
 
 - ``chunked``: the trainer's path, :func:`resd.losses.token_terms` over :func:`resd.trainer.forward.logits_fn`,
   which applies the LM head ``chunk_size`` tokens at a time under activation checkpointing.
+- ``fused``: :func:`resd.losses.distillation.fused_token_loss`, the same chunks with the gradients
+  with respect to the hidden states and the head computed in the forward (no recompute; one
+  head-sized gradient buffer, accumulated in place).
 - ``naive``: written here: logits = h @ W.T for all tokens, full log-softmax on both sides, top-k of
   the student, gather, tail bins, JSD, backward.
 
 Each variant runs in its own fresh subprocess; its extra memory is the peak RSS (``ru_maxrss``)
 minus the RSS measured right after the inputs were allocated.
 
-Run: ``python benchmarks/loss_memory.py`` (about 3 minutes on 2 cores; options: ``--tokens``,
-``--chunk-size``, ``--repeats``, ``--threads``).
+Run: ``python benchmarks/loss_memory.py`` (about 5 minutes on 2 quiet cores; options: ``--tokens``,
+``--chunk-size``, ``--repeats``, ``--threads``, ``--variants``, ``--rounds``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ VOCAB = 151_936
 HIDDEN = 896
 TOPK = 100
 ALPHA = 0.5
+VARIANTS = ("chunked", "fused", "naive")
 
 
 def rss_mib() -> float:
@@ -107,6 +111,31 @@ def chunked_loss(h_student, h_teacher, w_student, w_teacher, ids, weights, chunk
     return (weights * div).sum()
 
 
+def fused_loss(h_student, h_teacher, w_student, w_teacher, ids, weights, chunk_size: int):
+    """The fused path: per chunk, logits, loss and its gradients wrt the hidden states and the head, no recompute."""
+    import torch
+
+    from resd.losses import DistillationSpec
+    from resd.losses.distillation import fused_token_loss
+    from resd.trainer.forward import logits_fn
+
+    student_head = torch.nn.Linear(HIDDEN, VOCAB, bias=False, device="meta")
+    student_head.weight = w_student
+    teacher_head = torch.nn.Linear(HIDDEN, VOCAB, bias=False, device="meta")
+    teacher_head.weight = torch.nn.Parameter(w_teacher, requires_grad=False)
+    spec = DistillationSpec(alpha=ALPHA, topk=TOPK, add_tail=True)
+    loss, _, _ = fused_token_loss(
+        h_student,
+        student_head,
+        logits_fn([(teacher_head, h_teacher, 1.0)]),
+        ids,
+        spec,
+        lambda logp, div, rows: (weights[rows] * div).sum(),
+        chunk_size=chunk_size,
+    )
+    return loss
+
+
 def run_variant(variant: str, tokens: int, chunk_size: int, repeats: int, threads: int, seed: int) -> dict:
     """Body of one subprocess: allocate inputs, measure baseline RSS, run forward+backward ``repeats`` times."""
     import torch
@@ -114,17 +143,20 @@ def run_variant(variant: str, tokens: int, chunk_size: int, repeats: int, thread
     torch.set_num_threads(threads)
     h_s, h_t, w_s, w_t, ids, weights = make_inputs(tokens, seed)
     baseline = rss_mib()
-    seconds, loss_value, grad_norms = [], None, None
+    seconds, cpu_seconds, loss_value, grad_norms = [], [], None, None
     for _ in range(repeats):
         h_s.grad = None
         w_s.grad = None
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         if variant == "naive":
             loss = naive_loss(h_s, h_t, w_s, w_t, weights)
+        elif variant == "fused":
+            loss = fused_loss(h_s, h_t, w_s, w_t, ids, weights, chunk_size)
         else:
             loss = chunked_loss(h_s, h_t, w_s, w_t, ids, weights, chunk_size)
         loss.backward()
         seconds.append(time.perf_counter() - start)
+        cpu_seconds.append(time.process_time() - cpu_start)
         loss_value = float(loss.detach())
         grad_norms = (float(h_s.grad.norm()), float(w_s.grad.norm()))
         del loss
@@ -135,6 +167,7 @@ def run_variant(variant: str, tokens: int, chunk_size: int, repeats: int, thread
         "peak_mib": peak,
         "extra_mib": peak - baseline,
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "loss": loss_value,
         "grad_norm_hidden": grad_norms[0],
         "grad_norm_head": grad_norms[1],
@@ -157,42 +190,64 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
     print(f"top-k {TOPK} + tail, alpha {ALPHA}, vocab {VOCAB:,}, {args.tokens:,} tokens, hidden {HIDDEN}, "
           f"fp32, forward+backward, {args.threads} threads; chunk size {args.chunk_size}")
     print(f"(one fp32 [tokens x vocab] tensor = {logits_mib:,.0f} MiB; the student head's gradient, "
-          f"{VOCAB * HIDDEN * 4 / 2**20:,.0f} MiB, is part of both peaks)")
+          f"{VOCAB * HIDDEN * 4 / 2**20:,.0f} MiB, is part of every peak)")
     print()
-    print(f"| variant | extra peak RSS (MiB) | peak RSS (MiB) | s / fwd+bwd (each run) | loss | |grad h| | |grad W| |")
-    print("|---|---|---|---|---|---|---|")
+    print("| variant | extra peak RSS (MiB) | peak RSS (MiB) | s / fwd+bwd (each run) | CPU s (each run) | loss | "
+          "|grad h| | |grad W| |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         runs = ", ".join(f"{s:.2f}" for s in r["seconds"])
-        print(f"| {r['variant']} | {r['extra_mib']:,.0f} | {r['peak_mib']:,.0f} | {runs} | {r['loss']:.8f} | "
+        cpu = ", ".join(f"{s:.2f}" for s in r["cpu_seconds"])
+        print(f"| {r['variant']} | {r['extra_mib']:,.0f} | {r['peak_mib']:,.0f} | {runs} | {cpu} | {r['loss']:.8f} | "
               f"{r['grad_norm_hidden']:.6e} | {r['grad_norm_head']:.6e} |")
     by = {r["variant"]: r for r in results}
-    if {"chunked", "naive"} <= by.keys():
-        c, n = by["chunked"], by["naive"]
-        print()
-        print(f"extra memory chunked / naive: {c['extra_mib'] / n['extra_mib']:.3f}")
-        print(f"time chunked / naive (best run): {min(c['seconds']) / min(n['seconds']):.2f}")
-        rel = abs(c["loss"] - n["loss"]) / max(abs(n["loss"]), 1e-30)
-        g_rel = max(abs(c[k] - n[k]) / max(abs(n[k]), 1e-30) for k in ("grad_norm_hidden", "grad_norm_head"))
-        same = rel < 1e-5 and g_rel < 1e-4
-        print(f"loss relative difference {rel:.2e}, gradient-norm relative difference {g_rel:.2e}: "
-              f"{'same' if same else 'DIFFERENT'}")
+    for name in ("chunked", "fused"):
+        if {name, "naive"} <= by.keys():
+            c, n = by[name], by["naive"]
+            print()
+            print(f"extra memory {name} / naive: {c['extra_mib'] / n['extra_mib']:.3f}")
+            print(f"time {name} / naive (best run): {min(c['seconds']) / min(n['seconds']):.2f} wall-clock, "
+                  f"{min(c['cpu_seconds']) / min(n['cpu_seconds']):.2f} CPU time (this process's, less sensitive "
+                  "to other load)")
+            rel = abs(c["loss"] - n["loss"]) / max(abs(n["loss"]), 1e-30)
+            g_rel = max(abs(c[k] - n[k]) / max(abs(n[k]), 1e-30) for k in ("grad_norm_hidden", "grad_norm_head"))
+            same = rel < 1e-5 and g_rel < 1e-4
+            print(f"loss relative difference {rel:.2e}, gradient-norm relative difference {g_rel:.2e}: "
+                  f"{'same' if same else 'DIFFERENT'}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--variant", choices=["chunked", "naive"],
+    parser.add_argument("--variant", choices=VARIANTS,
                         help="run only this variant, in this process (JSON output)")
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--chunk-size", type=int, default=512, help="the trainer's train.loss_chunk_size default")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated variants to compare")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the variants in turn this many times (fresh processes), to spread other load "
+                             "over all of them; peaks are the maxima, times are listed per run")
     args = parser.parse_args()
     if args.variant:
         print(json.dumps(run_variant(args.variant, args.tokens, args.chunk_size, args.repeats, args.threads, args.seed)))
         return
     load_before = os.getloadavg()[0]
-    results = [launch(v, args) for v in ("chunked", "naive")]
+    variants = args.variants.split(",")
+    merged: dict[str, dict] = {}
+    for _ in range(max(1, args.rounds)):
+        for v in variants:
+            r = launch(v, args)
+            if v not in merged:
+                merged[v] = r
+                continue
+            m = merged[v]
+            for key in ("seconds", "cpu_seconds"):
+                m[key] = m[key] + r[key]
+            for key in ("extra_mib", "peak_mib"):
+                m[key] = max(m[key], r[key])
+    results = [merged[v] for v in variants]
     report(results, args)
     print(f"load average (1 min) before / after: {load_before:.1f} / {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 

@@ -115,6 +115,12 @@ class TrainConfig(Section):
         True, description="leave samples with no loss (zero GRPO advantage, no distillation target) out of the "
         "forward/backward; the optimizer step is the same"
     )
+    memory: Literal["exact", "lean"] = Field(
+        "exact", description="optimizer and EMA-teacher state of bf16 weights. exact: float32 masters and Adam "
+        "moments (updates never lost to rounding; the master is the bf16 weight + an int16 remainder, the EMA "
+        "teacher likewise), 16 bytes/parameter with an EMA teacher; lean: bf16 weights, moments and teacher "
+        "written with seeded stochastic rounding, 8 bytes/parameter (see docs/scaling.md, Memory per parameter)"
+    )
 
 
 class LossConfig(Section):

@@ -71,19 +71,30 @@ def response_hidden(model: torch.nn.Module, rows: PackedRows) -> torch.Tensor:
     return hidden.reshape(-1, hidden.shape[-1])[rows.positions.to(device)]
 
 
-def logits_fn(heads_and_hidden: Sequence[tuple[torch.nn.Module, torch.Tensor, float]], temperature: float = 1.0):
-    """``rows -> sum_k weight_k * head_k(hidden_k[rows]) / temperature`` in float32.
+class HeadLogits:
+    """``rows -> sum_k weight_k * head_k(hidden_k[rows]) / temperature`` in float32 (see :func:`logits_fn`).
 
-    One pair is a plain model; two pairs give the trust-region teacher's logit mix.
+    The pairs and the temperature stay readable (``heads_and_hidden``, ``temperature``) so that the
+    loss can fuse a single head with its gradient (``resd.losses.token_terms(..., fused=True)``).
     """
 
-    def compute(rows: slice) -> torch.Tensor:
+    def __init__(self, heads_and_hidden: Sequence[tuple[torch.nn.Module, torch.Tensor, float]], temperature: float) -> None:
+        self.heads_and_hidden = list(heads_and_hidden)
+        self.temperature = temperature
+
+    def __call__(self, rows: slice) -> torch.Tensor:
         total = None
-        for head, hidden, weight in heads_and_hidden:
+        for head, hidden, weight in self.heads_and_hidden:
             logits = head(hidden[rows]).float()
             if weight != 1.0:
                 logits = logits * weight
             total = logits if total is None else total + logits
-        return total / temperature if temperature != 1.0 else total
+        return total / self.temperature if self.temperature != 1.0 else total
 
-    return compute
+
+def logits_fn(heads_and_hidden: Sequence[tuple[torch.nn.Module, torch.Tensor, float]], temperature: float = 1.0) -> HeadLogits:
+    """``rows -> sum_k weight_k * head_k(hidden_k[rows]) / temperature`` in float32.
+
+    One pair is a plain model; two pairs give the trust-region teacher's logit mix.
+    """
+    return HeadLogits(heads_and_hidden, temperature)

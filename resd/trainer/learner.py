@@ -19,6 +19,7 @@ import torch
 from resd.config import Config
 from resd.distributed import DistInfo, reshard
 from resd.losses import DistillationSpec, ObjectiveSpec, objective, token_terms, token_weights
+from resd.losses.distillation import fused_token_loss
 from resd.models import chat_prompt_ids
 from resd.sample import Sample
 from resd.teacher import Teacher
@@ -45,7 +46,8 @@ class Learner:
         self.teacher: Teacher | None = None
         if pg_weight < 1.0:
             self.teacher = Teacher(policy.model, cfg.teacher.kind, cfg.teacher.update_rate, lora=policy.lora,
-                                   offload=cfg.teacher.offload and not dist.enabled)
+                                   offload=cfg.teacher.offload and not dist.enabled, memory=cfg.train.memory,
+                                   seed=cfg.seed)
         if dist.enabled:
             if self.teacher is not None and cfg.teacher.kind not in ("ema", "frozen"):
                 raise ValueError(f"teacher.kind={cfg.teacher.kind} is not supported with several processes (use ema or frozen)")
@@ -62,7 +64,8 @@ class Learner:
         self.objective = ObjectiveSpec(pg_weight, cfg.loss.is_clip, cfg.train.rollout_is_threshold, cfg.loss.clip_low,
                                        cfg.loss.clip_high, cfg.loss.dual_clip)
         trainable = [(n, p) for n, p in policy.model.named_parameters() if p.requires_grad]
-        self.optimizer = MasterWeightAdamW(trainable, cfg.train.lr, tuple(cfg.train.betas), cfg.train.weight_decay)
+        self.optimizer = MasterWeightAdamW(trainable, cfg.train.lr, tuple(cfg.train.betas), cfg.train.weight_decay,
+                                           memory=cfg.train.memory, seed=cfg.seed)
         per_step = math.ceil(cfg.train.batch_size / (cfg.train.mini_batch_size or cfg.train.batch_size))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer.optimizer, warmup_lambda(cfg.train.warmup_steps, total_steps * per_step, cfg.train.lr_schedule)
@@ -168,7 +171,6 @@ class Learner:
         dev = self.policy.device
         responses = [s.response_ids for s in micro]
         hidden = response_hidden(self.model, pack_rows([s.prompt_ids for s in micro], responses, pad))
-        student_fn = logits_fn([(lm_head(self.model), hidden, 1.0)], temperature)
         teacher_fn = None
         if self.teacher is not None:
             with torch.no_grad():
@@ -179,7 +181,6 @@ class Learner:
                         pairs.append((lm_head(m), response_hidden(m, trows), w))
             teacher_fn = logits_fn(pairs, temperature)
         ids = torch.tensor([t for r in responses for t in r], device=dev)
-        logp, div = token_terms(student_fn, teacher_fn, ids, self.spec, cfg.train.loss_chunk_size)
         old = None
         if off_policy:  # (a dummy micro-batch may lack them; its weights are zero)
             old = torch.cat([s.extra.get("old_logprobs", torch.zeros(len(s.response_ids))) for s in micro]).to(dev)
@@ -187,8 +188,18 @@ class Learner:
         if cfg.train.rollout_is_threshold is not None and all(s.rollout_logprobs is not None for s in micro):
             rollout = torch.tensor([x for s in micro for x in s.rollout_logprobs], device=dev)
         advantages = torch.cat([torch.full((len(s.response_ids),), s.advantage) for s in micro]).to(dev)
-        loss, stats = objective(logp, div, old=old, rollout_logprobs=rollout, advantages=advantages,
-                                w_sd=torch.cat(w_sd).to(dev), w_pg=torch.cat(w_pg).to(dev), spec=self.objective)
+        w_sd_t, w_pg_t = torch.cat(w_sd).to(dev), torch.cat(w_pg).to(dev)
+
+        def chunk_loss(logp: torch.Tensor, div: torch.Tensor | None, rows: slice) -> torch.Tensor:
+            return objective(logp, div, old=None if old is None else old[rows],
+                             rollout_logprobs=None if rollout is None else rollout[rows],
+                             advantages=advantages[rows], w_sd=w_sd_t[rows], w_pg=w_pg_t[rows], spec=self.objective)[0]
+
+        # the head's gradient is formed chunk by chunk in the forward (no recompute in the backward)
+        loss, logp, div = fused_token_loss(hidden, lm_head(self.model), teacher_fn, ids, self.spec, chunk_loss,
+                                           cfg.train.loss_chunk_size, temperature)
+        _, stats = objective(logp, div, old=old, rollout_logprobs=rollout, advantages=advantages,
+                             w_sd=w_sd_t, w_pg=w_pg_t, spec=self.objective)  # detached terms: statistics only
         stats["samples"] = float(len(micro))
         return loss, stats
 
