@@ -6,67 +6,57 @@ from collections.abc import Sequence
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers.generation.configuration_utils import CompileConfig
 
-from resd.rollout.base import Rollout, SamplingParams, mix_seed, sequence_seeds
-
-
-class _LogprobRecorder(LogitsProcessor):
-    """Records log softmax(logits / T) of each sampled token with O(batch x vocab) memory.
-
-    ``generate`` calls processors before sampling, so the token chosen at step k is only known at
-    step k+1 (as the last input id); the previous step's log-probs are kept until then.
-    """
-
-    def __init__(self, temperature: float, prompt_len: int) -> None:
-        self.temperature = temperature
-        self.prompt_len = prompt_len
-        self.pending: torch.Tensor | None = None
-        self.values: list[torch.Tensor] = []
-
-    def take(self, tokens: torch.Tensor) -> None:
-        if self.pending is not None:
-            self.values.append(self.pending.gather(-1, tokens[:, None]).squeeze(-1))
-            self.pending = None
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if input_ids.shape[1] > self.prompt_len:
-            self.take(input_ids[:, -1])
-        self.pending = torch.log_softmax(scores.float() / self.temperature, dim=-1)
-        return scores
+from resd.rollout.base import Rollout, SamplingParams, sequence_seeds
+from resd.rollout.sampling import Workspace, random_keys, sample_tokens, step_keys, stream_keys
 
 
 class _SeededSampler(LogitsProcessor):
-    """Samples each row from its own counter-based random stream (Gumbel-max), so a sequence's
-    tokens depend only on its seed and its logits, not on the batch it was generated in.
+    """Samples every row in one batched operation (:func:`resd.rollout.sampling.sample_tokens`).
 
-    Applies temperature, top-k and top-p like the usual warpers, then adds Gumbel noise drawn from
-    ``Generator(mix_seed(row_seed, position))``; ``generate`` runs greedily and so picks
-    ``argmax(logits / T + gumbel)``, an exact sample of the truncated distribution.
+    With ``row_seeds`` each row draws from its own counter-based random stream, indexed by its seed
+    and the position, so a sequence's tokens depend only on its seed and its logits, not on the
+    batch it was generated in; without them the uniforms come from torch's global generator.
+    Applies temperature, top-k and top-p, then returns scores that are 0 at the sampled token and
+    -inf elsewhere, so ``generate`` runs greedily (the same tensor every step: read it before the
+    next call). With ``record_logprobs`` it keeps ``log_softmax(logits / T)`` of each sampled token
+    (the unfiltered distribution, as the trainer computes it), one [B] tensor per step, in
+    ``logprobs``: the chosen token is known in the call, so nothing is kept for the next step.
     """
 
-    def __init__(self, row_seeds: Sequence[int], prompt_len: int, sampling: SamplingParams) -> None:
-        self.row_seeds = list(row_seeds)
+    def __init__(self, row_seeds: Sequence[int] | None, prompt_len: int, sampling: SamplingParams,
+                 record_logprobs: bool = False, workspace: Workspace | None = None) -> None:
+        self.keys = stream_keys(row_seeds) if row_seeds is not None else None
         self.prompt_len = prompt_len
         self.sampling = sampling
+        self.record_logprobs = record_logprobs
+        self.logprobs: list[torch.Tensor] = []
+        self.workspace = workspace if workspace is not None else Workspace()
+        self._one_hot: torch.Tensor | None = None
+        self._marked: torch.Tensor | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        position = input_ids.shape[1] - self.prompt_len
-        logits = scores.float() / self.sampling.temperature
-        vocab = logits.shape[-1]
-        if self.sampling.top_k and self.sampling.top_k < vocab:
-            kth = logits.topk(self.sampling.top_k, dim=-1).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        if self.sampling.top_p < 1.0:
-            sorted_logits, order = logits.sort(dim=-1, descending=True)
-            probs = sorted_logits.softmax(dim=-1)
-            drop = probs.cumsum(dim=-1) - probs > self.sampling.top_p  # always keeps the first token
-            logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-        noise = torch.empty_like(logits)
-        for row, seed in enumerate(self.row_seeds):
-            gen = torch.Generator().manual_seed(mix_seed(seed, position))
-            uniform = torch.rand(vocab, generator=gen).clamp_(1e-20, 1.0 - 1e-7)
-            noise[row] = -torch.log(-torch.log(uniform))
-        return logits + noise.to(logits.device)
+        if self.keys is not None:
+            self.keys = self.keys.to(scores.device)
+            step = step_keys(self.keys, input_ids.shape[1] - self.prompt_len)
+        else:
+            step = random_keys(scores.shape[0], scores.device)
+        s = self.sampling
+        tokens, logprobs = sample_tokens(scores, step, s.temperature, s.top_k, s.top_p, self.record_logprobs,
+                                         self.workspace)
+        if logprobs is not None:
+            self.logprobs.append(logprobs)
+        # One [B, V] answer reused across steps (a fresh one costs a page-faulting fill per step):
+        # un-mark the previous step's tokens, mark this step's. generate only takes its argmax.
+        out = self._one_hot
+        if out is None or out.shape != scores.shape:
+            out = self._one_hot = self.workspace.get("one_hot", tuple(scores.shape), scores.dtype, scores.device)
+            out.fill_(float("-inf"))
+        else:
+            out.scatter_(1, self._marked, float("-inf"))
+        self._marked = tokens[:, None]
+        return out.scatter_(1, self._marked, 0.0)
 
 
 class HFGenerator:
@@ -78,18 +68,27 @@ class HFGenerator:
         batch_size: sequences generated together (prompts x n are split into chunks of this size).
         stop_token_ids: extra stop tokens besides the tokenizer's EOS.
         record_logprobs: record the sampler's log-probs (needed for truncated importance sampling;
-            costs a full-vocabulary log-softmax per generated token).
+            costs a log-sum-exp over the vocabulary per step only with top-k, where the draw does
+            not compute one anyway).
+        cache_implementation: ``generate``'s KV cache (None: dynamic; "static": preallocated for
+            the prompt + max_new_tokens, see ``benchmarks/generation_speed.py`` for when it pays).
+        compile_decode: let ``generate`` ``torch.compile`` the decode step (needs the static
+            cache; on any device).
     """
 
     def __init__(self, model, tokenizer, batch_size: int = 8, stop_token_ids: Sequence[int] = (),
-                 record_logprobs: bool = True) -> None:
+                 record_logprobs: bool = True, cache_implementation: str | None = None,
+                 compile_decode: bool = False) -> None:
         self.model = model
         self.record_logprobs = record_logprobs
+        self.cache_implementation = cache_implementation
+        self.compile_decode = compile_decode
         self.tokenizer = tokenizer
         self.batch_size = max(1, batch_size)
         stops = {tokenizer.eos_token_id, *stop_token_ids}
         self.stop_ids = sorted(i for i in stops if i is not None)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+        self.workspace = Workspace()  # the sampler's scratch memory, kept across calls
 
     def sync_weights(self) -> None:
         """Nothing to do: the generator uses the trainer's module."""
@@ -119,30 +118,31 @@ class HFGenerator:
         for row, (_, ids) in enumerate(jobs):  # left padding
             input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
             attention[row, width - len(ids) :] = 1
-        seeded = row_seeds is not None
+        compile_config = None
+        if self.compile_decode:
+            compile_config = CompileConfig(mode="default")
+            compile_config._compile_all_devices = True  # generate only compiles on accelerators otherwise
         config = GenerationConfig(
-            do_sample=not seeded,  # seeded rows sample through _SeededSampler and a greedy pick
-            temperature=None if seeded else sampling.temperature,
-            top_p=None if seeded else sampling.top_p,
-            top_k=None if seeded else (sampling.top_k or None),
+            do_sample=False,  # every row samples in _SeededSampler; generate picks its token greedily
             max_new_tokens=sampling.max_new_tokens,
             eos_token_id=self.stop_ids,
             pad_token_id=self.pad_id,
+            cache_implementation=self.cache_implementation,
+            compile_config=compile_config,
+            disable_compile=not self.compile_decode,
         )
-        recorder = _LogprobRecorder(sampling.temperature, width) if self.record_logprobs else None
-        processors = [p for p in (recorder, _SeededSampler(row_seeds, width, sampling) if seeded else None) if p]
+        sampler = _SeededSampler(row_seeds, width, sampling, self.record_logprobs, self.workspace)
         sequences = self.model.generate(
             input_ids=input_ids.to(device),
             attention_mask=attention.to(device),
             generation_config=config,
-            logits_processor=LogitsProcessorList(processors),
+            logits_processor=LogitsProcessorList([sampler]),
         ).cpu()
         generated = sequences[:, width:]
         logprobs = None
-        if recorder is not None:
-            if generated.shape[1]:
-                recorder.take(generated[:, -1])
-            logprobs = torch.stack(recorder.values, dim=1).cpu() if recorder.values else torch.zeros(len(jobs), 0)
+        if self.record_logprobs:
+            steps = sampler.logprobs[: generated.shape[1]]
+            logprobs = torch.stack(steps, dim=1).cpu() if steps else torch.zeros(len(jobs), 0)
         rollouts = []
         stop = torch.tensor(self.stop_ids)
         for row, (prompt_index, _) in enumerate(jobs):
