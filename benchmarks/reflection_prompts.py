@@ -6,9 +6,15 @@ in training); its failures then go through :class:`resd.context.updater.ContextU
 of 8, exactly as in a RESD step, once per (prompt set, token budget) with the same sampling seeds.
 Reported per setting: reflections whose JSON parsed, curator outputs that passed validation (the
 rest drop all their operations), outputs cut by the token budget, the playbook's size after the
-batches, seconds per update, and the lessons it ended with.
+batches, bullets added per update, seconds per update, and the lessons it ended with.
+
+``--constrained off,on`` runs every setting twice: free text (the tolerant parsers) and under the
+per-call JSON schemas (``resd.reflector.constrained``, llguidance; docs/structured-output.md), whose
+string lengths are sized to the setting's budget times ``--chars-per-token``. ``--model tiny`` is a
+smoke check of the script (the random model fails every attempt and writes nonsense).
 
     python benchmarks/reflection_prompts.py [--problems 24] [--settings default:64,compact:64,...]
+        [--constrained off,on] [--model embedded]
 """
 
 from __future__ import annotations
@@ -26,8 +32,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="failures per context update")
     parser.add_argument("--settings", default="default:64,default:128,compact:64,compact:96",
                         help="prompt set:max new tokens, comma-separated")
+    parser.add_argument("--constrained", default="off", help="off, on, or off,on (both, compared)")
+    parser.add_argument("--chars-per-token", type=float, default=3.0,
+                        help="constrained: JSON characters per token of the budget (resd.reflector.schema_chars_per_token)")
+    parser.add_argument("--model", default="embedded", help="embedded (the measurement) or tiny (a smoke check)")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
+    modes = [m.strip() for m in args.constrained.split(",")]
+    if not set(modes) <= {"off", "on"}:
+        parser.error("--constrained takes off, on or off,on")
 
     from resd.context.prompts import PROMPT_SETS
     from resd.context.updater import ContextUpdater, UpdaterConfig, UpdateItem
@@ -37,8 +50,8 @@ def main() -> None:
     from resd.rollout.hf import HFGenerator
     from resd.rollout.text import PolicyTextGenerator
 
-    tokenizer = load_tokenizer("embedded")
-    model = load_model("embedded", "bf16", tokenizer)
+    tokenizer = load_tokenizer(args.model)
+    model = load_model(args.model, "fp32" if args.model == "tiny" else "bf16", tokenizer)
     model.requires_grad_(False)
     generator = HFGenerator(model, tokenizer, batch_size=8, record_logprobs=False)
     # the efficacy benchmark's task (benchmarks/efficacy/configs/arithmetic.yaml)
@@ -57,8 +70,14 @@ def main() -> None:
     print(f"{len(rows)} problems, {len(failures)} failed attempts, {len(batches)} updates of {args.batch} per setting")
 
     # one short throw-away call so that the first timed setting does not pay the kernels' first use
-    PolicyTextGenerator(generator, tokenizer, SamplingParams(0.7, 0.95, 0, 8), 2048)(
-        [[{"role": "user", "content": PROMPT_SETS["default"].curator}]] * 2)
+    # (constrained: nor llguidance's one-off view of the tokenizer, about a second)
+    warm_up = [[{"role": "user", "content": PROMPT_SETS["default"].curator}]] * 2
+    PolicyTextGenerator(generator, tokenizer, SamplingParams(0.7, 0.95, 0, 8), 2048)(warm_up)
+    if "on" in modes:
+        from resd.context.output_schema import reflection_schema
+
+        PolicyTextGenerator(generator, tokenizer, SamplingParams(0.7, 0.95, 0, 8), 2048)(
+            warm_up, schemas=[reflection_schema([], ["key_insight"], 4)] * 2)
 
     class Recording:
         """The rollout backend, keeping each rollout so that cut outputs are counted exactly."""
@@ -72,9 +91,10 @@ def main() -> None:
             return out
 
     results = []
-    for setting in args.settings.split(","):
+    for setting, mode in itertools.product(args.settings.split(","), modes):
         name, budget = setting.split(":")
         prompt_set = PROMPT_SETS[name]
+        constrained = mode == "on"
         counter = itertools.count()
         recording = Recording()
         generate = PolicyTextGenerator(recording, tokenizer, SamplingParams(0.7, 0.95, 0, int(budget)), 2048,
@@ -83,7 +103,8 @@ def main() -> None:
         updater = ContextUpdater(UpdaterConfig(concise_frequency=None, max_bullets=20,
                                                reflector_template=prompt_set.reflector,
                                                success_reflector_template=prompt_set.success_reflector,
-                                               curator_template=prompt_set.curator))
+                                               curator_template=prompt_set.curator, constrained=constrained,
+                                               output_chars=max(1, int(int(budget) * args.chars_per_token))))
         reflected = reflector_failures = curations = curator_valid = proposed = added = 0
         examples: list[str] = []
         started = time.perf_counter()
@@ -99,25 +120,32 @@ def main() -> None:
         seconds = (time.perf_counter() - started) / max(1, len(batches))
         cut = sum(r.truncated for r in recording.rollouts)
         lessons = [b.content for b in updater.playbook().bullets()]
-        results.append({"prompts": name, "max_new_tokens": int(budget), "reflections": reflected,
+        results.append({"prompts": name, "max_new_tokens": int(budget), "constrained": constrained,
+                        "reflections": reflected,
                         "reflections_parsed": reflected - reflector_failures, "curations": curations,
                         "curations_valid": curator_valid, "operations_proposed": proposed, "bullets_added": added,
                         "outputs": len(recording.rollouts), "outputs_cut": cut,
+                        "output_tokens": sum(len(r.response_ids) for r in recording.rollouts),
+                        "bullets_added_per_update": round(added / max(1, len(batches)), 2),
                         "playbook_size": len(lessons), "seconds_per_update": round(seconds, 1), "lessons": lessons,
                         "curator_output_examples": examples})
-        print(f"done {setting}: {results[-1]['curations_valid']}/{curations} valid curations, "
+        print(f"done {setting} constrained={mode}: {results[-1]['curations_valid']}/{curations} valid curations, "
               f"{len(lessons)} bullets, {seconds:.1f} s per update", flush=True)
 
-    print(f"\n| prompts | max new tokens | reflections parsed | curations valid | outputs cut at the budget "
-          f"| playbook bullets | s per update (x default:64) |")
-    print("|---|---|---|---|---|---|---|")
+    def percent(part: int, whole: int) -> str:
+        return f"{part}/{whole} ({100 * part / whole:.0f}%)" if whole else "0/0"
+
+    print("\n| prompts | max new tokens | constrained | reflections parsed | curations valid | outputs cut at the "
+          "budget | bullets added per update | playbook bullets | output tokens | s per update (x first row) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     base = results[0]["seconds_per_update"] or 1.0
     for r in results:
-        print(f"| {r['prompts']} | {r['max_new_tokens']} | {r['reflections_parsed']}/{r['reflections']} | "
-              f"{r['curations_valid']}/{r['curations']} | {r['outputs_cut']}/{r['outputs']} | {r['playbook_size']} | "
-              f"{r['seconds_per_update']} ({r['seconds_per_update'] / base:.2f}x) |")
+        print(f"| {r['prompts']} | {r['max_new_tokens']} | {'on' if r['constrained'] else 'off'} | "
+              f"{percent(r['reflections_parsed'], r['reflections'])} | {percent(r['curations_valid'], r['curations'])} | "
+              f"{r['outputs_cut']}/{r['outputs']} | {r['bullets_added_per_update']} | {r['playbook_size']} | "
+              f"{r['output_tokens']} | {r['seconds_per_update']} ({r['seconds_per_update'] / base:.2f}x) |")
     for r in results:
-        print(f"\n{r['prompts']}:{r['max_new_tokens']} lessons:")
+        print(f"\n{r['prompts']}:{r['max_new_tokens']} constrained={r['constrained']} lessons:")
         for lesson in r["lessons"]:
             print(f"  - {lesson}")
     if args.json:

@@ -17,6 +17,7 @@ EPILOG = """examples:
   resd eval --run runs/demo-20260101-120000 --step best
   resd solve --preset demo --example 3 --method sdpo --budget 32
   resd playbook show runs/resd-... --step 4
+  resd export runs/demo-20260101-120000 --step best exported/  # a Hugging Face model directory
   resd presets                                  # list presets
   resd envs                                     # list environments
 """
@@ -53,7 +54,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume and not trainer.resume():
         logging.getLogger("resd").warning("no valid checkpoint in %s: starting from step 0", args.resume)
     run_dir = trainer.train()
-    print(f"run directory: {run_dir}")
+    if not config.logging.console:  # (the console's closing summary names it otherwise)
+        print(f"run directory: {run_dir}")
     return 0
 
 
@@ -74,42 +76,20 @@ def _checkpoint_dir(run_dir: Path, which: str) -> Path:
 
 
 def load_policy(config, run_dir: Path | None = None, which: str = "latest"):
-    """(model, tokenizer) from a config, with a run's checkpoint weights when ``run_dir`` is given.
+    """(model, tokenizer) from a config, with a run's checkpoint weights when ``run_dir`` is given
+    (see :func:`resd.models.run_weights.load_policy`)."""
+    from resd.models.run_weights import load_policy as _load_policy
 
-    A full-parameter checkpoint holds every weight under the model's own names; a LoRA checkpoint
-    (``model.lora.enabled``) holds only the student adapter under PEFT's names, so the adapter is
-    rebuilt over the base weights of ``model.name``, loaded and merged into a plain model.
-    """
-    import torch
+    return _load_policy(config, run_dir, which)
 
-    from resd.models import load_model, load_tokenizer
-    from resd.trainer.checkpoint import CheckpointError, load_checkpoint
 
-    tokenizer = load_tokenizer(config.model.tokenizer or config.model.name)
-    model = load_model(config.model.name, config.model.precision, tokenizer, tiny=config.model.tiny)
-    if run_dir is not None:
-        path = _checkpoint_dir(run_dir, which)
-        student = load_checkpoint(path)[0]["student"]
-        if any("lora_" in name for name in student):
-            from resd.models.lora import apply_lora, load_adapters
+def _export(args: argparse.Namespace) -> int:
+    from resd.export import describe, export_run
 
-            lc = config.model.lora
-            model = apply_lora(model, lc.r, lc.alpha, lc.dropout, lc.target_modules)
-            load_adapters(model, student)
-            model = model.merge_and_unload()
-        else:
-            params = dict(model.named_parameters())
-            unknown = sorted(set(student) - set(params))
-            missing = sorted(set(params) - set(student))
-            if unknown or missing:
-                raise CheckpointError(f"{path}: the student weights do not fit model.name={config.model.name!r}: "
-                                      f"{len(unknown)} unknown (e.g. {unknown[:1]}), {len(missing)} missing "
-                                      f"(e.g. {missing[:1]})")
-            with torch.no_grad():
-                for name, value in student.items():
-                    params[name].copy_(value)
-    model.requires_grad_(False)
-    return model, tokenizer
+    out = export_run(args.run_dir, args.out_dir, step=args.step, adapter=args.adapter, overwrite=args.overwrite)
+    print(f"wrote {out}:")
+    print(describe(out))
+    return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -118,35 +98,64 @@ def _eval(args: argparse.Namespace) -> int:
     from resd import envs
     from resd.config import load_config
     from resd.evaluation import evaluate
+    from resd.evaluation.evaluate import provenance
+    from resd.evaluation.metrics import alias_note, without_aliases
     from resd.rollout import HFGenerator, SamplingParams
+    from resd.rollout.base import mix_seed
+    from resd.run_dir import RunDir
+    from resd.trainer.console import fmt_number
 
     run_dir = Path(args.run) if args.run else None
     if run_dir is not None:
         config = _load_run_config(run_dir, args.overrides)
     else:
         config = load_config(preset=args.preset or "demo", path=args.config, overrides=args.overrides)
+    split = args.split or config.data.val_split
+    data_path = args.data_path or config.data.val_path
+    limit = args.limit if args.limit is not None else config.data.val_limit
     env = envs.load(config.data.env, **config.data.env_kwargs)
-    rows = env.load_split(args.split or config.data.val_split, args.data_path or config.data.val_path,
-                          args.limit if args.limit is not None else config.data.val_limit)
-    model, tokenizer = load_policy(config, run_dir, args.step)
+    rows = env.load_split(split, data_path, limit)
+    # best/latest resolved to the step now, so the files name the checkpoint that was evaluated
+    step = RunDir(run_dir).checkpoint_step(args.step) if run_dir is not None else None
+    model, tokenizer = load_policy(config, run_dir, str(step) if step is not None else args.step)
     e = config.eval
     k = args.k or e.k
+    # the seeds of the training's step-0 validation: evaluations of two checkpoints differ by the model only
+    seed = mix_seed(config.seed, 0, "eval") if config.rollout.seeded else None
     sampling = SamplingParams(e.temperature, e.top_p, 0, e.max_new_tokens or config.rollout.max_new_tokens)
     result = evaluate(env, rows, HFGenerator(model, tokenizer, config.rollout.batch_size), tokenizer, sampling, k,
                       success_threshold=e.success_threshold, max_prompt_length=config.data.max_prompt_length,
-                      chat_template_kwargs=config.model.chat_template_kwargs, progress=config.logging.progress)
+                      chat_template_kwargs=config.model.chat_template_kwargs, progress=config.logging.progress,
+                      seed=seed)
     if args.out:
         out = Path(args.out)
     elif run_dir is not None:
-        from resd.run_dir import RunDir
-
         out = RunDir(run_dir).eval_dir
     else:
         out = Path("evals") / f"{config.data.env}-{datetime.now():%Y%m%d-%H%M%S}"
-    summary_path, samples_path = result.write(out, f"{config.data.env}-{args.split or config.data.val_split}")
-    for name, value in sorted(result.summary.items()):
-        print(f"{name:36s} {value:.4f}")
+    name = RunDir.eval_name(config.data.env, split, step, k)
+    origin = provenance(config, split=split, k=k, seed=seed, prompts=len(rows), run_dir=run_dir, step=step,
+                        checkpoint=args.step if run_dir is not None else None, data_path=data_path, limit=limit)
+    summary_path, samples_path = result.write(out, name, origin)
+    shown = without_aliases(result.summary, result.aliases)
+    width = max(len(key) for key in shown)
+    for key, value in sorted(shown.items()):
+        print(f"{key:{width}s}  {fmt_number(value) if abs(value) < 1e-3 and value else f'{value:.4f}'}")
+    note = alias_note(result.aliases)
+    if note:
+        print(f"(same values, shown once: {note})")
     print(f"wrote {summary_path} and {samples_path}")
+    if run_dir is not None and config.logging.report_to:  # the run's trackers (a W&B run continues by its id)
+        from resd.trainer.run_logger import RunLogger
+
+        lc = config.logging
+        logger = RunLogger(RunDir(run_dir), config.to_dict(), lc.report_to, project=lc.project,
+                           name=lc.run_name or Path(run_dir).name, group=lc.group, tags=lc.tags)
+        try:
+            logger.log_eval(RunDir.eval_name(config.data.env, split, None, k), result.summary, step,
+                            result.records[: max(lc.samples_per_step, 1)])
+        finally:
+            logger.close()
     return 0
 
 
@@ -271,6 +280,14 @@ def _presets(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _config(args: argparse.Namespace) -> int:
+    from resd.config import config_reference, load_config
+
+    values = load_config(preset=args.preset, path=args.config) if args.preset or args.config else None
+    print(config_reference(args.section, values))
+    return 0
+
+
 def _envs(args: argparse.Namespace) -> int:
     from resd import envs
     from resd.config import ConfigError
@@ -307,19 +324,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a model", formatter_class=argparse.RawDescriptionHelpFormatter,
                            description="Train with a preset and/or a YAML config; key=value overrides come last "
-                           "(e.g. train.lr=1e-6 rollout.n=4 loss.alpha=1.0).")
+                           "(e.g. train.lr=1e-6 rollout.n=4 loss.alpha=1.0, or --train.lr=1e-6). Every key, with its "
+                           "type, default and description: `resd config [SECTION]` (e.g. `resd config train`). "
+                           "TRL's GRPOConfig/SDPOConfig names (learning_rate, num_generations, ...) are accepted with "
+                           "a warning that names resd's key (docs/from-trl.md).")
     train.add_argument("--preset", help="a built-in preset (see `resd presets`)")
     train.add_argument("--config", help="a YAML config file (applied after the preset)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest valid checkpoint")
     train.add_argument("--overwrite", action="store_true",
                        help="delete an existing, non-empty logging.run_dir first (without it such a run dir is refused)")
     train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    train.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="config overrides, key=value or --key=value (keys: `resd config [SECTION]`)")
     train.set_defaults(func=_train)
 
     ev = sub.add_parser("eval", help="evaluate a model or a run's checkpoint (mean@k, best@k, pass@k)",
                         description="Sample k responses per prompt of a split and score them. Writes "
-                        "<env>-<split>_summary.json and <env>-<split>_samples.jsonl (every sample with its feedback).")
+                        "<env>-<split>-step<N>-k<k>_summary.json (the metrics and their provenance; without --run "
+                        "<env>-<split>-k<k>) and _samples.jsonl (every sample with its feedback); --step best|latest "
+                        "is resolved to its step number.")
     ev.add_argument("--run", metavar="RUN_DIR", help="evaluate this run's checkpoint (with its config)")
     ev.add_argument("--step", default="latest", help="checkpoint of --run: a step number, 'latest' or 'best'")
     ev.add_argument("--preset", help="config preset when no --run is given (default: demo)")
@@ -329,7 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, help="first N rows only")
     ev.add_argument("--k", type=int, help="samples per prompt (default: eval.k)")
     ev.add_argument("--out", help="output directory")
-    ev.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (e.g. model.name=... data.env=...)")
+    ev.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="config overrides, key=value or --key=value (e.g. model.name=... data.env=...; keys: "
+                    "`resd config`)")
     ev.set_defaults(func=_eval)
 
     solve = sub.add_parser("solve", help="test-time self-distillation on one problem (and its baselines)",
@@ -346,7 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     solve.add_argument("--seeds", type=int, default=1, help="independent runs (for discovery@k)")
     solve.add_argument("--max-context", type=int, default=32000, help="multi-turn prompt limit in tokens")
     solve.add_argument("--out", help="output directory")
-    solve.add_argument("overrides", nargs="*", metavar="key=value")
+    solve.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="config overrides, key=value or --key=value (keys: `resd config`)")
     solve.set_defaults(func=_solve)
 
     pb = sub.add_parser("playbook", help="show a RESD run's playbook or what changed between steps")
@@ -361,8 +387,32 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("b", type=int)
     diff.set_defaults(func=_playbook_diff)
 
+    export = sub.add_parser(
+        "export", help="write a run's model as a Hugging Face model directory (transformers, vLLM, PEFT)",
+        description="Write the student of a run's checkpoint as a model directory that "
+        "AutoModelForCausalLM.from_pretrained and vLLM load: config.json, generation_config.json, the tokenizer "
+        "with its chat template, safetensors weights. A LoRA run's adapter is merged into the base model, or with "
+        "--adapter saved as a PEFT adapter directory.")
+    export.add_argument("run_dir", metavar="RUN_DIR")
+    export.add_argument("--step", default="latest", help="checkpoint: a step number, 'latest' or 'best' (default: latest)")
+    export.add_argument("out_dir", metavar="OUT_DIR", help="output directory (must be empty or absent)")
+    export.add_argument("--adapter", action="store_true",
+                        help="LoRA runs: save the adapter (PEFT) instead of merging it into the base model")
+    export.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
+    export.set_defaults(func=_export)
+
     presets = sub.add_parser("presets", help="list the built-in presets")
     presets.set_defaults(func=_presets)
+    config = sub.add_parser(
+        "config", help="list the configuration keys with their types, defaults and descriptions",
+        description="Print every configuration key under SECTION (a section such as train or model.lora, or one "
+        "key; default: all) as its dotted path, type, default and description. With --preset or --config, "
+        "the values of that preset or file are shown, with the default where it differs. Set a key as key=value "
+        "or --key=value after resd train / eval / solve, or in a YAML file.")
+    config.add_argument("section", nargs="?", metavar="SECTION", help="e.g. train, model.lora, train.lr")
+    config.add_argument("--preset", help="show this preset's values")
+    config.add_argument("--config", help="show the values of this YAML config file (after --preset)")
+    config.set_defaults(func=_config)
     env_list = sub.add_parser(
         "envs", help="list the available environments",
         description="List the built-in environments, those registered by imported modules and those of installed "
@@ -377,9 +427,82 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: commands that take configuration overrides
+_OVERRIDE_COMMANDS = ("train", "eval", "solve")
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser | None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(name)
+    return None
+
+
+def _option(sub: argparse.ArgumentParser, name: str) -> argparse.Action | None:
+    """The option ``name`` stands for: itself, or the one option it abbreviates (as argparse allows)."""
+    options = sub._option_string_actions
+    if name in options:
+        return options[name]
+    if "." in name:  # a config key, never an abbreviation
+        return None
+    matches = {options[o] for o in options if o.startswith(name) and name.startswith("--")}
+    return matches.pop() if len(matches) == 1 else None
+
+
+def _gather_overrides(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``argv`` with the config overrides of train/eval/solve, written ``key=value``, ``--key=value`` or
+    ``--key value`` (a known key), moved in their order behind the options as ``key=value``.
+
+    An ``--option`` that is neither the command's nor a config key fails here, with a suggestion."""
+    command = next((i for i, token in enumerate(argv) if not token.startswith("-")), None)
+    sub = _subparser(parser, argv[command]) if command is not None and argv[command] in _OVERRIDE_COMMANDS else None
+    if sub is None:
+        return argv
+    from resd.config import Config, known_keys
+    from resd.config_aliases import TRL_NAMES
+
+    keys = set(known_keys()) | set(TRL_NAMES)
+    kept, overrides = argv[: command + 1], []
+    rest = argv[command + 1 :]
+    i = 0
+    while i < len(rest):
+        token = rest[i]
+        if token == "--":
+            overrides += rest[i + 1 :]
+            break
+        if not token.startswith("-"):
+            overrides.append(token)  # key=value; anything else is refused as an override later
+        else:
+            name, eq, value = token.partition("=")
+            action = _option(sub, name)
+            key = name[2:]
+            if action is not None:
+                kept.append(token)
+                if not eq and action.nargs != 0 and i + 1 < len(rest):  # the option's value
+                    kept.append(rest[i + 1])
+                    i += 1
+            elif name.startswith("--") and ("." in key or key in keys or key in Config.model_fields):
+                if eq:
+                    overrides.append(f"{key}={value}")
+                elif key in keys and i + 1 < len(rest) and not rest[i + 1].startswith("--"):
+                    overrides.append(f"{key}={rest[i + 1]}")
+                    i += 1
+                else:
+                    sub.error(f"{name}: give its value as {name}=VALUE (or {key}=VALUE)")
+            else:
+                import difflib
+
+                long_options = [o for o in sub._option_string_actions if o.startswith("--")]
+                close = difflib.get_close_matches(name, long_options, n=1)
+                sub.error(f"unrecognized option {name}" + (f"; did you mean {close[0]}?" if close else "")
+                          + " (config keys are set as key=value or --key=value; see `resd config`)")
+        i += 1
+    return [*kept, "--", *overrides] if overrides else kept
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_gather_overrides(parser, list(sys.argv[1:] if argv is None else argv)))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):
         parser.print_help()

@@ -7,11 +7,15 @@
       metrics.jsonl        one line per logged step ({"step": N, ...})
       samples.jsonl        a few rollouts per step
       curation.jsonl       RESD: every curator call (raw output, parsed operations)
-      best.json            {"step", "metric", "value"} of the best validation
+      best.json            {"step", "best_metric", "metric", "k", "value"} of the best validation
+                           (best_metric as eval.best_metric; metric: the summary key, with @k)
       checkpoints/step-NNNNNN/   verified checkpoints (manifest, safetensors, objects)
-      eval/<name>_summary.json, <name>_samples.jsonl   evaluations (step-NNNNNN_* during training)
+      eval/<name>_summary.json, <name>_samples.jsonl   evaluations: step-NNNNNN_* during training,
+                           <env>-<split>-step<N>-k<k>_* from ``resd eval --run`` (see :meth:`RunDir.eval_name`)
       playbook/step-NNNNNN.txt (global) or .json (per example)   RESD playbook snapshots
-      tensorboard/         TensorBoard events when logging.tensorboard is on
+      trackers.json        run ids of the experiment trackers ({"wandb": "..."}), reused on resume
+      tensorboard/         TensorBoard events when logging.report_to has tensorboard
+      wandb/               W&B's local files when logging.report_to has wandb
 
 The trainer, the CLI (``resd eval|solve|playbook --run``), the report and the evaluation go through
 :class:`RunDir` for every path and for choosing a checkpoint.
@@ -22,8 +26,10 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 _STEP = re.compile(r"^step-(\d+)$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 class RunDir:
@@ -47,6 +53,8 @@ class RunDir:
     eval_dir = property(lambda self: self.root / "eval")
     playbook_dir = property(lambda self: self.root / "playbook")
     tensorboard = property(lambda self: self.root / "tensorboard")
+    trackers = property(lambda self: self.root / "trackers.json")
+    wandb_dir = property(lambda self: self.root / "wandb")
 
     def is_run(self) -> bool:
         return self.config.is_file()
@@ -55,6 +63,50 @@ class RunDir:
     def step_name(step: int) -> str:
         """``step-NNNNNN``: the name of a checkpoint, and the prefix of evaluations and snapshots of a step."""
         return f"step-{step:06d}"
+
+    @staticmethod
+    def eval_name(env: str, split: str, step: int | None, k: int) -> str:
+        """The name of one evaluation's files: ``<env>-<split>-step<N>-k<k>`` (``<env>-<split>-k<k>`` for a
+        model outside a run), so evaluations of different checkpoints, splits or k never overwrite each other."""
+        env = _UNSAFE.sub("_", env).strip("_") or "env"  # e.g. data.env=my_envs:MyEnv
+        split = _UNSAFE.sub("_", split).strip("_") or "split"
+        return f"{env}-{split}" + (f"-step{step}" if step is not None else "") + f"-k{k}"
+
+    def eval_summary(self, name: str) -> Path:
+        return self.eval_dir / f"{name}_summary.json"
+
+    def eval_samples(self, name: str) -> Path:
+        return self.eval_dir / f"{name}_samples.jsonl"
+
+    def read_best(self) -> dict[str, Any] | None:
+        """``best.json`` with both names of the metric, also for files written before ``best_metric`` was
+        (those have only ``metric``, the summary key with ``@k``). None when there is none or it is unreadable."""
+        try:
+            data = json.loads(self.best.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return normalize_best(data) if isinstance(data, dict) else None
+
+    def tracker_id(self, tracker: str) -> str | None:
+        """The run id a tracker (``wandb``) was given in this run directory, if any."""
+        try:
+            value = json.loads(self.trackers.read_text(encoding="utf-8")).get(tracker)
+        except (OSError, ValueError, AttributeError):
+            return None
+        return str(value) if value else None
+
+    def save_tracker_id(self, tracker: str, run_id: str) -> None:
+        """Remember a tracker's run id, so that a resumed run continues the same tracker run."""
+        from resd.fileio import atomic_write_text
+
+        try:
+            ids = json.loads(self.trackers.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            ids = {}
+        ids = ids if isinstance(ids, dict) else {}
+        ids[tracker] = run_id
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.trackers, json.dumps(ids, indent=1))
 
     def playbook_snapshot(self, step: int, per_example: bool) -> Path:
         return self.playbook_dir / (self.step_name(step) + (".json" if per_example else ".txt"))
@@ -100,3 +152,22 @@ class RunDir:
         if path is None or not path.is_dir():
             raise CheckpointError(f"no checkpoint {which!r} in {self.checkpoints}")
         return path
+
+    def checkpoint_step(self, which: str | int = "latest") -> int:
+        """The step number of the checkpoint ``which`` (``latest``, ``best`` or a number), resolved now."""
+        return int(_STEP.match(self.checkpoint(which).name).group(1))
+
+
+def normalize_best(best: dict[str, Any]) -> dict[str, Any]:
+    """A best-validation record with ``best_metric`` (as ``eval.best_metric`` names it), ``metric`` (the summary
+    key, with ``@k``) and ``k`` where they can be told; older records had only ``metric``."""
+    out = dict(best)
+    metric = out.get("metric")
+    if isinstance(metric, str) and "@" in metric:
+        base, _, k = metric.rpartition("@")
+        out.setdefault("best_metric", base)
+        if k.isdigit():
+            out.setdefault("k", int(k))
+    elif isinstance(out.get("best_metric"), str) and "metric" not in out:
+        out["metric"] = out["best_metric"] + (f"@{out['k']}" if "@" not in out["best_metric"] and "k" in out else "")
+    return out

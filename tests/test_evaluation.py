@@ -137,8 +137,8 @@ def test_eval_cli_on_manufactoria_and_arithmetic_writes_the_expected_files(tmp_p
         overrides = [f"data.env={env}", "data.env_kwargs={}", "rollout.max_new_tokens=8", "logging.progress=false"]
         assert main(["eval", "--preset", "smoke", "--split", "test", "--limit", "2", "--k", "2", "--out", str(out),
                      *overrides]) == 0
-        summary = json.loads((out / f"{env}-test_summary.json").read_text())
-        samples = [json.loads(x) for x in (out / f"{env}-test_samples.jsonl").read_text().splitlines()]
+        summary = json.loads((out / f"{env}-test-k2_summary.json").read_text())
+        samples = [json.loads(x) for x in (out / f"{env}-test-k2_samples.jsonl").read_text().splitlines()]
         assert summary["prompts"] == 2 and len(samples) == 4
         assert all(s["feedback"] for s in samples)  # random text fails, and every failure is explained
     assert "pass@2" in capsys.readouterr().out

@@ -130,7 +130,7 @@ def test_eval_and_solve_load_a_run_of_either_kind(tiny_config, tmp_path, lora):
         torch.testing.assert_close(again.model(ids).logits, trained, rtol=1e-4, atol=1e-5)
 
     assert main(["eval", "--run", str(run_dir), "--limit", "2", "--k", "1", "--out", str(tmp_path / "eval")]) == 0
-    assert json.loads((tmp_path / "eval" / "arithmetic-test_summary.json").read_text())["prompts"] == 2
+    assert json.loads((tmp_path / "eval" / "arithmetic-test-step1-k1_summary.json").read_text())["prompts"] == 2
     for method in ("best-of-k", "sdpo"):
         out = tmp_path / f"solve-{method}"
         assert main(["solve", "--run", str(run_dir), "--split", "train", "--example", "0", "--method", method,

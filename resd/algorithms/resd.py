@@ -18,6 +18,7 @@ RESD runs on the stream schedule (several inner updates per batch) unless ``stre
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,7 @@ from resd.context.updater import ContextUpdater, UpdateItem, UpdaterConfig
 from resd.fileio import atomic_write_text
 from resd.losses import success_rate_weights
 from resd.rollout.base import SamplingParams
+from resd.rollout.structured import resolve_constrained
 from resd.rollout.text import HTTPTextGenerator, ModelTextGenerator, PolicyTextGenerator
 from resd.sample import Sample
 
@@ -57,6 +59,7 @@ def updater_config(config: Config) -> UpdaterConfig:
         success_reflector_template=prompts.success_reflector,
         curator_template=prompts.curator,
         max_response_chars=r.reflector.max_response_chars,
+        output_chars=max(1, int(r.reflector.max_new_tokens * r.reflector.schema_chars_per_token)),
     )
 
 
@@ -67,7 +70,7 @@ def text_generator(config: Config, services: Services):
     if r.backend == "http":
         if not r.url or not r.model:
             raise ValueError("resd.reflector.backend=http needs resd.reflector.url and resd.reflector.model")
-        return HTTPTextGenerator(r.url, r.model, sampling, r.api_key_env)
+        return HTTPTextGenerator(r.url, r.model, sampling, r.api_key_env, concurrency=r.http_concurrency)
     if r.backend == "callable":  # "package.module:factory", factory(config) -> generate(conversations)
         import importlib
 
@@ -96,7 +99,11 @@ class RESD(Algorithm):
         r = config.resd
         self.updater = ContextUpdater(updater_config(config), seed=config.seed)
         # the policy's own sampler exists once the trainer has built it (after this object): made on first use
-        self.text_generate = text_generator(config, services) if r.reflector.backend != "policy" else None
+        self.text_generate = None
+        if r.reflector.backend != "policy":
+            self.use_text_generator(text_generator(config, services))
+        elif r.reflector.constrained:  # fail now rather than at the first context update
+            resolve_constrained(True, "engine" if config.rollout.backend == "vllm" else "library")
         self.teacher_template = load_template(r.teacher_template)
         self.teacher_prompt_config = TeacherPromptConfig(
             use_playbook=r.use_playbook_in_teacher_prompt,
@@ -136,7 +143,7 @@ class RESD(Algorithm):
             for s in samples
         ]
         if self.text_generate is None:
-            self.text_generate = text_generator(self.config, self.services)
+            self.use_text_generator(text_generator(self.config, self.services))
         reflections, metrics = self.updater.update(items, self.text_generate)
         if self.updater.last_curations and self.services.dist.is_main:
             with self.services.run.curation.open("a", encoding="utf-8") as f:
@@ -153,6 +160,14 @@ class RESD(Algorithm):
                     self.updater.buffer.store(env.example_id(s.example), s.text)
             metrics["buffer/size"] = float(len(self.updater.buffer))
         return metrics
+
+    def use_text_generator(self, generate) -> None:
+        """Write reflections and curations with ``generate``, under JSON schemas when
+        ``resd.reflector.constrained`` and the backend's ``constraint_support`` say so."""
+        constrained = resolve_constrained(self.config.resd.reflector.constrained,
+                                          getattr(generate, "constraint_support", None))
+        self.text_generate = generate
+        self.updater.config = dataclasses.replace(self.updater.config, constrained=constrained)
 
     def teacher_contexts(self, samples: list[Sample]) -> dict[str, float]:
         """Each sample's RESD teacher prompt and whether it is distilled."""

@@ -18,13 +18,16 @@ from typing import Any
 
 from resd.context.concise import maybe_concise, trim_after_curation
 from resd.context.curation import Dedup, apply_operations, jaccard_similarity
+from resd.context.output_schema import curator_schema_for, reflection_schema_for
 from resd.context.parsing import parse_curator, parse_reflection, strip_thinking
 from resd.context.playbook import Playbook, PlaybookStore, TagCounts
 from resd.context.prompts import CURATOR, REFLECTOR, SUCCESS_REFLECTOR
 from resd.context.solution_buffer import SolutionBuffer
 from resd.context.teacher_prompt import clip_middle
 
-TextGenerate = Callable[[Sequence[list[dict[str, str]]]], list[str]]
+#: ``generate(conversations) -> texts``; with ``UpdaterConfig.constrained`` it is called as
+#: ``generate(conversations, schemas=[one JSON schema per conversation])``
+TextGenerate = Callable[..., list[str]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +47,11 @@ class UpdaterConfig:
     #: middle-clip the response shown to the reflector to this many characters; None (the reference's
     #: behaviour): the whole response (config key resd.reflector.max_response_chars)
     max_response_chars: int | None = None
+    #: generate reflections and curations under per-call JSON schemas (``generate(..., schemas=)``;
+    #: config key resd.reflector.constrained, resolved against the backend)
+    constrained: bool = False
+    #: the character budget a schema's answer is sized to (:mod:`resd.context.output_schema`)
+    output_chars: int = 1536
 
 
 @dataclasses.dataclass
@@ -103,6 +111,27 @@ class ContextUpdater:
         )
         return [{"role": "user", "content": text}]
 
+    def _reflection_schema(self, item: UpdateItem, template: str) -> dict[str, Any] | None:
+        if not self.config.constrained:
+            return None
+        return reflection_schema_for(self.store.get(item.example_id), template, self.config.output_chars)
+
+    def _curator_schema(self, item: UpdateItem) -> dict[str, Any] | None:
+        if not self.config.constrained:
+            return None
+        return curator_schema_for(self.store.get(item.example_id), self.config.curator_template,
+                                  self.config.output_chars)
+
+    def _generate(self, generate: TextGenerate,
+                  requests: list[tuple[list[dict[str, str]], dict[str, Any] | None]]) -> list[str]:
+        """One generate call for all ``(messages, schema)`` requests (none when there are none)."""
+        if not requests:
+            return []
+        conversations = [messages for messages, _ in requests]
+        if self.config.constrained:
+            return generate(conversations, schemas=[schema for _, schema in requests])
+        return generate(conversations)
+
     # ------------------------------------------------------------------ the update
     def update(self, items: Sequence[UpdateItem], generate: TextGenerate) -> tuple[list[str], dict[str, float]]:
         """One context update on a batch. Returns the reflection per item ("" for correct ones) and metrics.
@@ -111,7 +140,9 @@ class ContextUpdater:
         reflection per incorrect item, all against the same playbook version -> tags applied
         reflection by reflection -> success tags from correct items (one per example) -> one
         curation per incorrect example, all operations applied together -> trim over the cap ->
-        update_count += 1.
+        update_count += 1. Reflections on failures and on successes are generated in one call, so
+        a success reflector's prompt shows the counters before this step's failure tags (upstream
+        generates it after applying them); the tags are applied in upstream's order.
         """
         cfg = self.config
         metrics: dict[str, float] = {}
@@ -132,31 +163,31 @@ class ContextUpdater:
         tags = TagCounts()
         reflector_failures = curator_failures = 0
 
-        if incorrect:
-            outputs = generate([self._reflector_messages(items[i], self.store.get(items[i].example_id)) for i in incorrect])
-            for i, raw in zip(incorrect, outputs, strict=True):
-                parsed = parse_reflection(raw)
-                reflections[i] = parsed.text
-                if not parsed.ok:
-                    reflector_failures += 1
-                    continue
-                tags += self.store.get(items[i].example_id).apply_tags(parsed.bullet_tags)
-
         # A playbook without bullets has nothing to tag: its success reflections are skipped rather
         # than generated and thrown away (the small policies of CPU runs keep the playbook empty long).
         taggable = [i for i in correct if not self.store.get(items[i].example_id).is_empty()]
+        successes: list[int] = []
         if cfg.tag_correct_samples and taggable:
             first_by_example: dict[str, int] = {}
             for i in taggable:
                 first_by_example.setdefault(items[i].example_id, i)
-            chosen = list(first_by_example.values())
-            outputs = generate([self._success_messages(items[i], self.store.get(items[i].example_id)) for i in chosen])
-            for i, raw in zip(chosen, outputs, strict=True):
-                parsed = parse_reflection(raw)
-                if not parsed.ok:
-                    reflector_failures += 1
-                    continue
-                tags += self.store.get(items[i].example_id).apply_tags(parsed.bullet_tags)
+            successes = list(first_by_example.values())
+        # Reflections on failures and on successes read the same playbook version and are
+        # independent: one generate call (one batch) for both. Their tags are applied as before,
+        # failures first, so the counters end the same.
+        requests = [(self._reflector_messages(items[i], self.store.get(items[i].example_id)),
+                     self._reflection_schema(items[i], cfg.reflector_template)) for i in incorrect]
+        requests += [(self._success_messages(items[i], self.store.get(items[i].example_id)),
+                      self._reflection_schema(items[i], cfg.success_reflector_template)) for i in successes]
+        outputs = self._generate(generate, requests)
+        for n, (i, raw) in enumerate(zip(incorrect + successes, outputs, strict=True)):
+            parsed = parse_reflection(raw)
+            if n < len(incorrect):
+                reflections[i] = parsed.text
+            if not parsed.ok:
+                reflector_failures += 1
+                continue
+            tags += self.store.get(items[i].example_id).apply_tags(parsed.bullet_tags)
 
         summary_metrics: dict[str, float] = {}
         if incorrect:
@@ -164,8 +195,9 @@ class ContextUpdater:
             for i in incorrect:
                 first_by_example.setdefault(items[i].example_id, i)
             chosen = list(first_by_example.values())
-            outputs = generate([
-                self._curator_messages(items[i], reflections[i], self.store.get(items[i].example_id)) for i in chosen
+            outputs = self._generate(generate, [
+                (self._curator_messages(items[i], reflections[i], self.store.get(items[i].example_id)),
+                 self._curator_schema(items[i])) for i in chosen
             ])
             ops_by_playbook: dict[str, list[dict[str, Any]]] = {}
             for i, raw in zip(chosen, outputs, strict=True):

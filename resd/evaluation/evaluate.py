@@ -6,47 +6,103 @@ import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from resd.evaluation.metrics import best_at_k, best_at_k_bootstrap, length_stats, mean_at_k, mean_pass_at_k
+from resd.evaluation.metrics import (
+    best_at_k,
+    best_at_k_bootstrap,
+    family_aliases,
+    length_stats,
+    mean_at_k,
+    mean_pass_at_k,
+)
 from resd.fileio import atomic_write_text
-from resd.models import chat_prompt_ids
-from resd.rollout.base import SamplingParams, mix_seed
+
+if TYPE_CHECKING:
+    from resd.rollout.base import SamplingParams
 
 
 @dataclasses.dataclass
 class EvalResult:
-    """``summary``: metric name -> value; ``records``: one dict per sample (with its feedback)."""
+    """``summary``: metric name -> value; ``records``: one dict per sample (with its feedback);
+    ``aliases``: metric families identical sample by sample to another (``{"score": "task"}``)."""
 
     summary: dict[str, float]
     records: list[dict[str, Any]]
+    aliases: dict[str, str] = dataclasses.field(default_factory=dict)
 
-    def write(self, out_dir: str | Path, prefix: str = "eval") -> tuple[Path, Path]:
+    def write(self, out_dir: str | Path, prefix: str = "eval",
+              provenance: dict[str, Any] | None = None) -> tuple[Path, Path]:
+        """``<prefix>_summary.json`` (the metrics at the top level, as before, plus ``aliases`` and
+        ``provenance``: what was evaluated, how) and ``<prefix>_samples.jsonl``."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         summary_path = out / f"{prefix}_summary.json"
         samples_path = out / f"{prefix}_samples.jsonl"
-        atomic_write_text(summary_path, json.dumps(self.summary, indent=1, sort_keys=True))
+        data: dict[str, Any] = dict(sorted(self.summary.items()))
+        data["aliases"] = dict(self.aliases)
+        if provenance is not None:
+            data["provenance"] = provenance
+        atomic_write_text(summary_path, json.dumps(data, indent=1))
         with samples_path.open("w", encoding="utf-8") as f:
             for record in self.records:
                 f.write(json.dumps(record) + "\n")
         return summary_path, samples_path
 
 
-def summarize(env, groups: Sequence[Sequence[dict[str, Any]]], k: int, success_threshold: float) -> dict[str, float]:
-    """Metrics from per-prompt lists of sample records (each with score, acc, length, truncated)."""
-    scores = [[r["score"] for r in g] for g in groups]
-    accs = [[r["acc"] for r in g] for g in groups]
+def family_values(env, groups: Sequence[Sequence[dict[str, Any]]]) -> dict[str, list[list[float]]]:
+    """Per-prompt lists of each sample's ``score``, ``acc``, ``task`` and ``test_case``."""
     # per task = whole task solved, per test case = fraction of test cases; the environment knows which
     # of its score/acc is which (see Environment.task_and_test_case)
     pairs = [[env.task_and_test_case(r["score"], r["acc"]) for r in g] for g in groups]
-    per_task = [[p[0] for p in g] for g in pairs]
-    per_case = [[p[1] for p in g] for g in pairs]
+    return {
+        "score": [[r["score"] for r in g] for g in groups],
+        "acc": [[r["acc"] for r in g] for g in groups],
+        "task": [[p[0] for p in g] for g in pairs],
+        "test_case": [[p[1] for p in g] for g in pairs],
+    }
+
+
+def provenance(config, *, split: str, k: int, seed: int | None, prompts: int, run_dir: str | Path | None = None,
+               step: int | None = None, checkpoint: str | None = None, data_path: str | None = None,
+               limit: int | None = None) -> dict[str, Any]:
+    """What an evaluation evaluated and how (stored in its summary file): the model and the run's checkpoint,
+    the data, the sampling settings (``eval.*``), the seed, resd's version and the time."""
+    import datetime
+
+    import resd
+
+    e = config.eval
+    return {
+        "model": config.model.name,
+        "run_dir": str(run_dir) if run_dir is not None else None,
+        "checkpoint": checkpoint,
+        "step": step,
+        "env": config.data.env,
+        "env_kwargs": config.to_dict()["data"]["env_kwargs"],
+        "split": split,
+        "data_path": data_path,
+        "limit": limit,
+        "prompts": prompts,
+        "k": k,
+        "temperature": e.temperature,
+        "top_p": e.top_p,
+        "max_new_tokens": e.max_new_tokens or config.rollout.max_new_tokens,
+        "seed": seed,
+        "resd_version": resd.__version__,
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def summarize(env, groups: Sequence[Sequence[dict[str, Any]]], k: int, success_threshold: float) -> dict[str, float]:
+    """Metrics from per-prompt lists of sample records (each with score, acc, length, truncated)."""
+    families = family_values(env, groups)
+    scores = families["score"]
     summary: dict[str, float] = {"prompts": float(len(groups)), "samples": float(sum(len(g) for g in groups))}
-    for name, values in (("score", scores), ("acc", accs), ("task", per_task), ("test_case", per_case)):
+    for name, values in families.items():
         summary[f"{name}/mean@{k}"] = mean_at_k(values)
         summary[f"{name}/best@{k}"] = best_at_k(values)
         summary[f"{name}/best@{k}_bootstrap"] = best_at_k_bootstrap(values, k)
@@ -78,6 +134,9 @@ def evaluate(
 
     With ``seed`` every sample has its own seed derived from it and the row index (reproducible).
     """
+    from resd.models import chat_prompt_ids  # (here: the metrics and summaries above need no torch)
+    from resd.rollout.base import mix_seed
+
     groups: list[list[dict[str, Any]]] = []
     bar = tqdm(total=len(rows), desc="eval", disable=not progress, dynamic_ncols=True)
     for start in range(0, len(rows), chunk_prompts):
@@ -106,4 +165,4 @@ def evaluate(
         bar.update(len(chunk))
     bar.close()
     summary = summarize(env, groups, k, success_threshold)
-    return EvalResult(summary, [r for g in groups for r in g])
+    return EvalResult(summary, [r for g in groups for r in g], family_aliases(family_values(env, groups)))

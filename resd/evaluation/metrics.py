@@ -85,6 +85,61 @@ def paired_difference(a: Mapping[str, Sequence[float]], b: Mapping[str, Sequence
                             len(keys))
 
 
+#: the per-sample metric families of an evaluation, in the order in which a family that repeats another's
+#: values is attributed to the earlier one (``task`` and ``test_case`` are the paper's two accuracies)
+FAMILIES = ("task", "test_case", "score", "acc")
+
+
+def family_aliases(values: Mapping[str, Sequence[Sequence[float]]]) -> dict[str, str]:
+    """Families whose per-sample values are identical to an earlier family's (in :data:`FAMILIES` order):
+    ``{alias: family}``. In most environments ``task`` equals ``score`` and ``test_case`` equals ``acc``
+    sample by sample; their summaries are then the same quantity under two names."""
+    aliases: dict[str, str] = {}
+    kept: list[str] = []
+    for name in [f for f in FAMILIES if f in values] + [f for f in values if f not in FAMILIES]:
+        flat = [float(x) for group in values[name] for x in group]
+        same = next((k for k in kept if [float(x) for g in values[k] for x in g] == flat), None)
+        if same is None:
+            kept.append(name)
+        else:
+            aliases[name] = same
+    return aliases
+
+
+def value_aliases(rows: Sequence[Mapping[str, float]], prefix: str = "") -> dict[str, str]:
+    """Families each of whose metrics equals an earlier family's in every row (``{alias: family}``): how a
+    table of several summaries shows a repeated quantity once. ``prefix``: e.g. ``val/`` for logged metrics.
+    (A summary file's own ``aliases`` come from per-sample equality, :func:`family_aliases`.)"""
+    aliases: dict[str, str] = {}
+    kept: list[str] = []
+    for family in FAMILIES:
+        head = f"{prefix}{family}/"
+        found = [(row, key) for row in rows for key in row if key.startswith(head)]
+        if not found:
+            continue
+        for other in kept:
+            other_head = f"{prefix}{other}/"
+            if all(row.get(other_head + key[len(head):]) == row[key] for row, key in found):
+                aliases[family] = other
+                break
+        else:
+            kept.append(family)
+    return aliases
+
+
+def without_aliases(summary: Mapping[str, float], aliases: Mapping[str, str]) -> dict[str, float]:
+    """``summary`` without the metrics of alias families (``score/mean@4`` when ``score`` repeats ``task``)."""
+    return {k: v for k, v in summary.items() if k.split("/", 1)[0] not in aliases or "/" not in k}
+
+
+def alias_note(aliases: Mapping[str, str]) -> str:
+    """``task = score, test_case = acc``: which families were shown once (empty without aliases)."""
+    groups: dict[str, list[str]] = {}
+    for alias, family in aliases.items():
+        groups.setdefault(family, []).append(alias)
+    return ", ".join(" = ".join([family, *names]) for family, names in groups.items())
+
+
 def length_stats(lengths: Sequence[int]) -> dict[str, float]:
     if not lengths:
         return {"mean": 0.0, "max": 0.0, "p50": 0.0, "p90": 0.0}

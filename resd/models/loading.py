@@ -7,8 +7,12 @@ real tokenizer, for tests and the smoke preset), or any Hugging Face model id or
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 
@@ -25,17 +29,103 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
-def load_tokenizer(name: str):
-    """A tokenizer with a pad token, left padding and right truncation."""
+_TRUE = ("1", "true", "yes", "on")
+PROBE_TIMEOUT_S = 3.0
+
+
+def _looks_like_path(name: str) -> bool:
+    """A name meant as a local path rather than a hub id ``org/name``."""
+    return (name.startswith((".", "~", "/", "\\")) or "\\" in name or name.endswith("/") or name.count("/") > 1
+            or os.path.isabs(name))
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or any(
+        os.environ.get(k, "").strip().lower() in _TRUE for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _hub_cached(repo_id: str) -> bool:
+    """Whether a snapshot of ``repo_id`` is in the local Hugging Face cache."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(repo_id, local_files_only=True)
+    except Exception:  # not cached, or not a valid repo id
+        return False
+    return True
+
+
+def _endpoint_reachable(timeout_s: float = PROBE_TIMEOUT_S) -> tuple[bool, str]:
+    """(whether a TCP connection to the hub endpoint, or to the HTTPS proxy in use, opens within ``timeout_s``,
+    the host:port tried)."""
+    from huggingface_hub import constants
+
+    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+    url = urlsplit(endpoint)
+    proxy = next((os.environ[k] for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+                  if url.scheme == "https" and os.environ.get(k)), None)
+    target = urlsplit(proxy if "://" in (proxy or "") else f"http://{proxy}") if proxy else url
+    host, port = target.hostname or "", target.port or (443 if target.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True, f"{host}:{port}"
+    except OSError:
+        return False, f"{host}:{port}"
+
+
+def check_source(name: str, key: str = "model.name") -> dict[str, Any]:
+    """Fail at once, naming ``key``, when ``name`` cannot be loaded; else keyword arguments for ``from_pretrained``.
+
+    A name that looks like a path must exist. A hub id is fine when it is cached (offline, or with the hub
+    unreachable, it is then loaded with ``local_files_only``) or when the hub endpoint answers a short TCP
+    probe; otherwise transformers would retry for tens of seconds before failing without a hint.
+    """
+    from resd.config import ConfigError
+
+    if Path(name).expanduser().exists():
+        return {}
+    if _looks_like_path(name):
+        raise ConfigError(f"{name!r} ({key}): no such directory ({Path(name).expanduser().resolve()}); give an "
+                          "existing model directory or a Hugging Face Hub id (org/name)")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise ConfigError(f"{name!r} ({key}): no such local directory, and not a Hugging Face Hub id "
+                          "(org/name)") from None
+    download = f"download it first where the network is reachable (hf download {name})"
+    cached = _hub_cached(name)
+    if _hub_offline():
+        if cached:
+            return {"local_files_only": True}
+        raise ConfigError(f"{name!r} ({key}): no local directory of that name, and not in the Hugging Face cache "
+                          f"while HF_HUB_OFFLINE is set; give a local model directory, or {download}")
+    hint = f"set HF_HUB_OFFLINE=1 to use only the local cache, give a local model directory, or {download}"
+    reachable, where = _endpoint_reachable()
+    if reachable:
+        return {}
+    if cached:
+        return {"local_files_only": True}  # the cached copy, without the hub's retries
+    raise ConfigError(f"{name!r} ({key}): no local directory of that name, not in the Hugging Face cache, and the "
+                      f"hub endpoint ({where}) does not answer; {hint}")
+
+
+def load_tokenizer(name: str, key: str = "model.tokenizer, or model.name when that is unset"):
+    """A tokenizer with a pad token, left padding and right truncation (``key``: the config key named in errors)."""
     from transformers import AutoTokenizer
 
+    kwargs: dict[str, Any] = {}
     if name in EMBEDDED_NAMES or name == "tiny":
         from resd.models.embedded import ensure_tokenizer
 
         path = str(ensure_tokenizer())
     else:
         path = name
-    tok = AutoTokenizer.from_pretrained(path)
+        kwargs = check_source(name, key)
+    tok = AutoTokenizer.from_pretrained(path, **kwargs)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
@@ -74,8 +164,10 @@ def build_tiny_model(
     return model.to(dtype)
 
 
-def load_model(name: str, dtype: str | torch.dtype = "fp32", tokenizer=None, tiny: dict | None = None, **kwargs: Any):
-    """Load a causal LM by name (``tiny`` builds one sized to ``tokenizer``)."""
+def load_model(name: str, dtype: str | torch.dtype = "fp32", tokenizer=None, tiny: dict | None = None,
+               key: str = "model.name", **kwargs: Any):
+    """Load a causal LM by name (``tiny`` builds one sized to ``tokenizer``; ``key``: the config key named in
+    errors)."""
     from transformers import AutoModelForCausalLM
 
     torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
@@ -84,6 +176,8 @@ def load_model(name: str, dtype: str | torch.dtype = "fp32", tokenizer=None, tin
             tokenizer = load_tokenizer("tiny")
         model = build_tiny_model(len(tokenizer), dtype=torch_dtype, **(tiny or {}))
     else:
+        if name not in EMBEDDED_NAMES:
+            kwargs = {**check_source(name, key), **kwargs}
         model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name), dtype=torch_dtype, **kwargs)
     # Sampling settings come from our config, never from the checkpoint's generation_config.
     model.generation_config.do_sample = True

@@ -6,6 +6,7 @@ import fnmatch
 import re
 from pathlib import Path
 
+from resd.evaluation.metrics import value_aliases
 from resd.report.html import Plot, render_page
 from resd.report.loading import RunData, assign_labels, load_run
 from resd.report.plots import TRAIN_METRICS, X_AXES, metric_png, metric_sort_key, slug, val_metric_order
@@ -27,6 +28,9 @@ def choose_metrics(runs: list[RunData], patterns: list[str] | None = None) -> tu
         train = [k for k in chosen if not k.startswith("val/")]
         return train, sorted((k for k in chosen if k.startswith("val/")), key=metric_sort_key), []
     train = [k for k in TRAIN_METRICS if k in logged]
+    # val/score/* and val/acc/* repeat val/task/* and val/test_case/* in most environments: plotted once
+    aliases = value_aliases([row for run in runs for row in run.metrics.values()], prefix="val/")
+    val_keys = [k for k in val_keys if not (k.startswith("val/") and k[4:].split("/", 1)[0] in aliases and "/" in k[4:])]
     main = [k for k in val_keys if _VAL_MAIN.match(k)] or val_keys[:6]
     return train, main, [k for k in val_keys if k not in main]
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from resd.evaluation.metrics import alias_note, value_aliases
 from resd.report.loading import PlaybookSnapshot, RunData
 from resd.report.playbook_diff import DiffLine, PlaybookDiff, diff_playbooks
 from resd.report.plots import X_AXES, metric_sort_key, run_color, slug
@@ -420,7 +421,10 @@ def eval_html(run: RunData, page_dir: Path) -> str:
     if not run.evals:
         parts.append('<p class="muted">no eval summaries</p>')
         return "".join(parts)
-    columns = _eval_columns(run.evals)
+    # a family with the same values as another in every row (task and score, test_case and acc in most
+    # environments) is one quantity under two names: shown once
+    aliases = value_aliases([e.summary for e in run.evals])
+    columns = [c for c in _eval_columns(run.evals) if c.split("/", 1)[0] not in aliases or "/" not in c]
     head = ("<tr><th>evaluation</th>" + "".join(f"<th>{esc(c).replace('/', '/<wbr>')}</th>" for c in columns)
             + "<th>samples</th></tr>")
     rows = []
@@ -435,6 +439,8 @@ def eval_html(run: RunData, page_dir: Path) -> str:
         label = f"step {e.step}" if e.step is not None else e.name
         rows.append(f"<tr{css}><td>{esc(label)}</td>{cells}<td>{link}</td></tr>")
     parts.append(f'<div class="scroll"><table class="num">{head}{"".join(rows)}</table></div>')
+    if aliases:
+        parts.append(f'<p class="sub">same values, shown once: {esc(alias_note(aliases))}</p>')
     return "".join(parts)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from resd.run_dir import RunDir
+from resd.run_dir import RunDir, normalize_best
 
 _STEP_FILE = re.compile(r"^step-(\d+)$")
 
@@ -38,6 +38,8 @@ class EvalSummary:
     step: int | None
     summary: dict[str, float]
     samples_path: Path | None
+    #: what was evaluated and how (files written before provenance was recorded: empty)
+    provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -210,8 +212,9 @@ def read_evals(folder: Path, warnings: list[str]) -> list[EvalSummary]:
         summary = {str(k): n for k, v in data.items() if (n := as_number(v)) is not None}
         match = _STEP_FILE.match(prefix)
         samples = folder / f"{prefix}_samples.jsonl"
+        origin = data.get("provenance")
         found.append(EvalSummary(prefix, int(match.group(1)) if match else None, summary,
-                                 samples if samples.is_file() else None))
+                                 samples if samples.is_file() else None, origin if isinstance(origin, dict) else {}))
     return sorted(found, key=lambda e: (e.step is None, e.step or 0, e.name))
 
 
@@ -226,7 +229,7 @@ def read_best(path: Path, warnings: list[str]) -> dict[str, Any] | None:
     if not isinstance(data, dict) or _step_of(data.get("step")) is None:
         warnings.append("best.json has no step")
         return None
-    return data
+    return normalize_best(data)
 
 
 def load_run(path: str | Path) -> RunData:

@@ -60,6 +60,9 @@ class Generator(Protocol):
 
         With ``seeds`` (one per prompt) every sequence is sampled from its own random stream, so
         the result does not depend on how prompts are batched or split across processes.
+        A backend that can enforce a JSON schema per prompt also takes ``constraints=`` (one
+        schema or None per prompt) and says how in its ``constraint_support`` attribute
+        (:data:`resd.rollout.structured.Support`).
         """
         ...
 

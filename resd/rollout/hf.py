@@ -93,24 +93,35 @@ class HFGenerator:
     def sync_weights(self) -> None:
         """Nothing to do: the generator uses the trainer's module."""
 
+    #: how this backend enforces a JSON schema (``constraints`` of :meth:`generate`): with llguidance
+    constraint_support = "library"
+
     @torch.no_grad()
     def generate(self, prompts: Sequence[Sequence[int]], n: int, sampling: SamplingParams,
-                 seeds: Sequence[int] | None = None) -> list[Rollout]:
+                 seeds: Sequence[int] | None = None,
+                 constraints: Sequence[dict | None] | None = None) -> list[Rollout]:
+        """``constraints``: one JSON schema per prompt (or None) that its sequences must follow
+        (:class:`resd.rollout.structured.JsonSchemaLogitsProcessor`)."""
         jobs = [(p, list(prompts[p])) for p in range(len(prompts)) for _ in range(n)]
         row_seeds = sequence_seeds(seeds, n) if seeds is not None else None
+        if constraints is not None and len(constraints) != len(prompts):
+            raise ValueError(f"got {len(constraints)} constraints for {len(prompts)} prompts")
         out: list[Rollout] = []
         was_training = self.model.training
         self.model.eval()
         try:
             for start in range(0, len(jobs), self.batch_size):
+                chunk = jobs[start : start + self.batch_size]
                 chunk_seeds = row_seeds[start : start + self.batch_size] if row_seeds is not None else None
-                out.extend(self._generate_chunk(jobs[start : start + self.batch_size], sampling, chunk_seeds))
+                schemas = [constraints[p] for p, _ in chunk] if constraints is not None else None
+                out.extend(self._generate_chunk(chunk, sampling, chunk_seeds, schemas))
         finally:
             self.model.train(was_training)
         return out
 
     def _generate_chunk(self, jobs: list[tuple[int, list[int]]], sampling: SamplingParams,
-                        row_seeds: list[int] | None = None) -> list[Rollout]:
+                        row_seeds: list[int] | None = None,
+                        schemas: list[dict | None] | None = None) -> list[Rollout]:
         device = next(self.model.parameters()).device
         width = max(len(ids) for _, ids in jobs)
         input_ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)
@@ -132,11 +143,17 @@ class HFGenerator:
             disable_compile=not self.compile_decode,
         )
         sampler = _SeededSampler(row_seeds, width, sampling, self.record_logprobs, self.workspace)
+        processors: list[LogitsProcessor] = [sampler]
+        if schemas is not None and any(s is not None for s in schemas):
+            from resd.rollout.structured import JsonSchemaLogitsProcessor
+
+            # the mask comes first: the sampler draws among the allowed tokens
+            processors.insert(0, JsonSchemaLogitsProcessor(schemas, self.tokenizer, width, self.stop_ids))
         sequences = self.model.generate(
             input_ids=input_ids.to(device),
             attention_mask=attention.to(device),
             generation_config=config,
-            logits_processor=LogitsProcessorList([sampler]),
+            logits_processor=LogitsProcessorList(processors),
         ).cpu()
         generated = sequences[:, width:]
         logprobs = None

@@ -6,23 +6,41 @@ Three backends share one call signature, ``generate(list_of_chat_messages) -> li
   behaviour: reflections come from the same weights that produced the rollout);
 - :class:`ModelTextGenerator`: a separate Hugging Face model;
 - :class:`HTTPTextGenerator`: an OpenAI-compatible ``/v1/chat/completions`` endpoint.
+
+Each also takes ``schemas=`` (one JSON schema or None per conversation): the answer is then
+generated under that schema (:mod:`resd.rollout.structured`), with a token limit that always
+suffices for it (:func:`resd.context.output_schema.token_budget`). ``constraint_support`` says
+how a generator enforces them (None: it cannot).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import urllib.request
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
+from resd.context.output_schema import token_budget
 from resd.rollout.base import SamplingParams
 
 Messages = list[dict[str, str]]
 
 
 class TextGenerator(Protocol):
-    def __call__(self, conversations: Sequence[Messages]) -> list[str]: ...
+    def __call__(self, conversations: Sequence[Messages], schemas: Sequence[dict | None] | None = None) -> list[str]: ...
+
+
+def _schema_budget(sampling: SamplingParams, schemas: Sequence[dict | None] | None, fit: bool) -> SamplingParams:
+    """The sampling limits of a constrained call: ``max_new_tokens`` becomes the schemas' token
+    budget (``fit``: exactly that, else at least that), which no constrained answer can exceed."""
+    budgets = [token_budget(s) for s in schemas or () if s is not None]
+    if not budgets:
+        return sampling
+    limit = max(budgets) if fit else max(max(budgets), sampling.max_new_tokens)
+    return dataclasses.replace(sampling, max_new_tokens=limit)
 
 
 class PolicyTextGenerator:
@@ -38,11 +56,18 @@ class PolicyTextGenerator:
         self.max_prompt_tokens = max_prompt_tokens
         self.chat_template_kwargs = chat_template_kwargs or {}
 
-    def __call__(self, conversations: Sequence[Messages]) -> list[str]:
+    @property
+    def constraint_support(self):
+        """How the rollout backend enforces schemas (:data:`resd.rollout.structured.Support`)."""
+        return getattr(self.generator, "constraint_support", None)
+
+    def __call__(self, conversations: Sequence[Messages], schemas: Sequence[dict | None] | None = None) -> list[str]:
         from resd.models import chat_prompt_ids
 
         if not conversations:
             return []
+        if schemas is not None and len(schemas) != len(conversations):
+            raise ValueError(f"got {len(schemas)} schemas for {len(conversations)} conversations")
         seeds = self.seed_fn(len(conversations)) if self.seed_fn is not None else None
         share = self.dist.share(len(conversations)) if self.dist is not None else slice(0, len(conversations))
         # An over-long reflector/curator prompt keeps its end (the instructions and the generation
@@ -51,7 +76,22 @@ class PolicyTextGenerator:
             chat_prompt_ids(self.tokenizer, c, self.max_prompt_tokens, "left", self.chat_template_kwargs)[0]
             for c in conversations[share]
         ]
-        rollouts = self.generator.generate(prompts, 1, self.sampling, seeds[share] if seeds is not None else None) if prompts else []
+        my_seeds = seeds[share] if seeds is not None else None
+        my_schemas = list(schemas[share]) if schemas is not None and any(s is not None for s in schemas) else None
+        # Prompts of similar length generate together (less left padding). Each sequence has its
+        # own seed, so the order changes nothing else; without seeds it is kept as given.
+        order = list(range(len(prompts)))
+        if my_seeds is not None:
+            order.sort(key=lambda i: len(prompts[i]))
+        rollouts = []
+        if prompts:
+            kwargs = {"constraints": [my_schemas[i] for i in order]} if my_schemas is not None else {}
+            sampling = _schema_budget(self.sampling, my_schemas, fit=True)
+            generated = self.generator.generate([prompts[i] for i in order], 1, sampling,
+                                                [my_seeds[i] for i in order] if my_seeds is not None else None, **kwargs)
+            rollouts = [None] * len(prompts)
+            for i, rollout in zip(order, generated, strict=True):
+                rollouts[i] = rollout
         texts = self.tokenizer.batch_decode([r.response_ids for r in rollouts], skip_special_tokens=True)
         if self.dist is not None and self.dist.enabled:
             texts = [t for part in self.dist.all_gather(texts) for t in part]
@@ -66,8 +106,8 @@ class ModelTextGenerator(PolicyTextGenerator):
         from resd.models import load_model, load_tokenizer
         from resd.rollout.hf import HFGenerator
 
-        tokenizer = load_tokenizer(model_name)
-        model = load_model(model_name, dtype, tokenizer)
+        tokenizer = load_tokenizer(model_name, key="resd.reflector.model")
+        model = load_model(model_name, dtype, tokenizer, key="resd.reflector.model")
         model.requires_grad_(False)
         super().__init__(HFGenerator(model, tokenizer, batch_size), tokenizer, sampling, max_prompt_tokens)
 
@@ -75,22 +115,36 @@ class ModelTextGenerator(PolicyTextGenerator):
 class HTTPTextGenerator:
     """An OpenAI-compatible chat endpoint (vLLM, SGLang, llama.cpp server, a hosted API)."""
 
+    #: the server enforces ``response_format`` (if it supports json_schema: resd cannot tell)
+    constraint_support = "server"
+
     def __init__(self, url: str, model: str, sampling: SamplingParams, api_key_env: str | None = None,
-                 timeout_s: float = 300.0) -> None:
+                 timeout_s: float = 300.0, concurrency: int = 8) -> None:
         self.url = url.rstrip("/") + ("" if url.rstrip("/").endswith("/chat/completions") else "/v1/chat/completions")
         self.model = model
         self.sampling = sampling
         self.api_key = os.environ.get(api_key_env) if api_key_env else None
         self.timeout_s = timeout_s
+        self.concurrency = max(1, concurrency)
 
-    def _one(self, messages: Messages) -> str:
-        body = {
+    def request_body(self, messages: Messages, schema: dict | None = None) -> dict[str, Any]:
+        """The JSON body of one chat request (``schema``: the answer's JSON schema, as ``response_format``)."""
+        from resd.rollout.structured import openai_response_format
+
+        sampling = _schema_budget(self.sampling, [schema], fit=False)
+        body: dict[str, Any] = {
             "model": self.model,
             "messages": messages,
-            "temperature": self.sampling.temperature,
-            "top_p": self.sampling.top_p,
-            "max_tokens": self.sampling.max_new_tokens,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "max_tokens": sampling.max_new_tokens,
         }
+        if schema is not None:
+            body["response_format"] = openai_response_format(schema)
+        return body
+
+    def _one(self, messages: Messages, schema: dict | None = None) -> str:
+        body = self.request_body(messages, schema)
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -103,5 +157,12 @@ class HTTPTextGenerator:
             # A failed call is an unusable reflection, counted by the parser; it must not stop training.
             return f"INCORRECT_DUE_TO_EMPTY_RESPONSE ({type(e).__name__}: {e})"
 
-    def __call__(self, conversations: Sequence[Messages]) -> list[str]:
-        return [self._one(list(c)) for c in conversations]
+    def __call__(self, conversations: Sequence[Messages], schemas: Sequence[dict | None] | None = None) -> list[str]:
+        """One request per conversation, up to ``concurrency`` at a time; answers in order."""
+        if schemas is not None and len(schemas) != len(conversations):
+            raise ValueError(f"got {len(schemas)} schemas for {len(conversations)} conversations")
+        jobs = [(list(c), schemas[i] if schemas is not None else None) for i, c in enumerate(conversations)]
+        if len(jobs) <= 1 or self.concurrency == 1:
+            return [self._one(*job) for job in jobs]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(jobs))) as pool:
+            return list(pool.map(lambda job: self._one(*job), jobs))

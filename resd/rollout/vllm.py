@@ -123,20 +123,33 @@ class VLLMGenerator:
             llm = LLM(model=str(model_path), **kwargs)
         self.llm = llm
 
-    def _sampling(self, sampling: SamplingParams, seed: int | None):
+    #: how this backend enforces a JSON schema (``constraints`` of :meth:`generate`): the engine's own
+    constraint_support = "engine"
+
+    def _sampling(self, sampling: SamplingParams, seed: int | None, schema: dict | None = None):
         from vllm import SamplingParams as VSamplingParams
 
+        structured = {}
+        if schema is not None:
+            from resd.rollout.structured import vllm_structured_kwargs
+
+            structured = vllm_structured_kwargs(schema)
         return VSamplingParams(n=1, temperature=sampling.temperature, top_p=sampling.top_p,
                                top_k=sampling.top_k if sampling.top_k > 0 else -1, max_tokens=sampling.max_new_tokens,
                                seed=seed, logprobs=0, stop_token_ids=list(self.stop_ids), skip_special_tokens=False,
-                               detokenize=False)
+                               detokenize=False, **structured)
 
     def generate(self, prompts: Sequence[Sequence[int]], n: int, sampling: SamplingParams,
-                 seeds: Sequence[int] | None = None) -> list[Rollout]:
+                 seeds: Sequence[int] | None = None,
+                 constraints: Sequence[dict | None] | None = None) -> list[Rollout]:
+        """``constraints``: one JSON schema per prompt (or None), enforced by vLLM's structured outputs."""
         self.wake()
         plan = request_plan(len(prompts), n, seeds)
+        if constraints is not None and len(constraints) != len(prompts):
+            raise ValueError(f"got {len(constraints)} constraints for {len(prompts)} prompts")
         requests = [{"prompt_token_ids": list(prompts[p])} for p, _, _ in plan]
-        params = [self._sampling(sampling, seed) for _, _, seed in plan]
+        params = [self._sampling(sampling, seed, constraints[p] if constraints is not None else None)
+                  for p, _, seed in plan]
         outputs = self.llm.generate(requests, params, use_tqdm=False)
         return [rollout_from_completion(p, out.outputs[0], self.stop_ids) for (p, _, _), out in zip(plan, outputs, strict=True)]
 

@@ -20,7 +20,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from resd.sandbox import modes
 from resd.sandbox.launch import Launch, Limits, classify
 
 #: bytes of a return value (as JSON) or of printed output kept per test; never derived from the answer

@@ -18,6 +18,7 @@ from resd.distributed import DistInfo, full_state_dict, load_full_state_dict, re
 from resd.models import DTYPES, load_model, load_tokenizer
 from resd.models.loading import contiguous_head_input
 from resd.models.lora import apply_lora, load_adapters
+from resd.models.run_weights import init_from
 from resd.rollout import HFGenerator
 from resd.rollout.vllm import VLLMGenerator
 
@@ -35,6 +36,9 @@ class Policy:
         # Sharded training keeps float32 parameters and computes in the configured precision.
         load_precision = "fp32" if dist.enabled else cfg.model.precision
         self.model = model or load_model(cfg.model.name, load_precision, self.tokenizer, tiny=cfg.model.tiny)
+        # Before this run's LoRA, so the adapter trains over the old run's weights; a resumed run then
+        # loads its own checkpoint over these (a LoRA checkpoint holds only adapters, so the base needs them).
+        self.model = init_from(self.model, cfg.model)
         contiguous_head_input(self.model)  # (models passed in were not loaded by load_model)
         self.device = resolve_device(cfg.model.device, dist)
         if not dist.enabled:  # FSDP2 places the shards itself
@@ -78,6 +82,8 @@ class Policy:
             weights = (lambda: full_state_dict(self.model, self.dist).items()) if self.dist.enabled else None
             self.generator = VLLMGenerator(self.model, self.tokenizer, resolve_model_path(cfg.model.name), dtype,
                                            cfg.rollout.vllm, cfg.rollout.vllm_sleep_level, weights_fn=weights)
+            if cfg.model.init_from:  # the engine loaded model.name's weights from disk
+                self.generator.sync_weights()
         else:
             self.generator = HFGenerator(self.rollout_model, self.tokenizer, cfg.rollout.batch_size,
                                          record_logprobs=cfg.train.rollout_is_threshold is not None)

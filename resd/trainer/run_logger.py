@@ -1,11 +1,19 @@
-"""Run directory logging: ``metrics.jsonl`` (one line per step), samples, and optional trackers."""
+"""Run directory logging: ``metrics.jsonl`` (one line per step), samples, and the experiment trackers
+of ``logging.report_to`` (W&B, TensorBoard, trackio; each an optional import).
+
+A W&B run's id is kept in the run directory (``trackers.json``), so a resumed run continues the same
+W&B run (``resume="allow"``); trackio resumes by run name.
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import math
-from pathlib import Path
+import secrets
+import string
+from collections.abc import Sequence
 from typing import Any
 
 from resd.fileio import atomic_write_text
@@ -20,34 +28,173 @@ def _clean(value: Any) -> Any:
     return value
 
 
-class RunLogger:
-    """Appends metrics to ``metrics.jsonl`` and forwards them to W&B / TensorBoard / trackio if asked."""
+def _cell(value: Any) -> Any:
+    """A table cell: plain JSON values as they are, anything else as text."""
+    return value if value is None or isinstance(value, (str, int, float, bool)) else json.dumps(value, default=str)
 
-    def __init__(self, run: RunDir, config: dict[str, Any], wandb: bool = False, tensorboard: bool = False,
-                 trackio: bool = False, project: str = "resd", name: str = "run", enabled: bool = True) -> None:
-        self.enabled = enabled  # False on every rank but the first
+
+def _columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(k for row in rows for k in row))
+
+
+def new_run_id() -> str:
+    """A fresh tracker run id: 8 lowercase letters and digits (W&B's form)."""
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+
+
+class Tracker:
+    """One experiment tracker: scalars per step, tables of samples, results of ``resd eval``."""
+
+    name = ""
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        raise NotImplementedError
+
+    def log_table(self, key: str, rows: Sequence[dict[str, Any]], step: int) -> None:
+        raise NotImplementedError
+
+    def log_eval(self, name: str, summary: dict[str, float], step: int | None, rows: Sequence[dict[str, Any]]) -> None:
+        """An evaluation of the checkpoint of ``step`` (``name``: its split and k, e.g. ``arithmetic-test-k4``)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class WandbTracker(Tracker):
+    """Weights & Biases. The run id is stored in the run directory and reused, with ``resume="allow"``."""
+
+    name = "wandb"
+
+    def __init__(self, wandb: Any, run: RunDir, config: dict[str, Any], project: str, name: str,
+                 group: str | None, tags: Sequence[str]) -> None:
+        self.wandb = wandb
+        run_id = run.tracker_id("wandb")
+        if run_id is None:
+            run_id = new_run_id()
+            run.save_tracker_id("wandb", run_id)  # before init: a crash inside init still resumes this id
+        self.run_id = run_id
+        run.wandb_dir.mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(project=project, name=name, group=group, tags=list(tags) or None, config=config,
+                              id=run_id, resume="allow", dir=str(run.root))
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self.run.log(metrics, step=step)
+
+    def _table(self, rows: Sequence[dict[str, Any]]) -> Any:
+        columns = _columns(rows)
+        return self.wandb.Table(columns=columns, data=[[_cell(r.get(c)) for c in columns] for r in rows])
+
+    def log_table(self, key: str, rows: Sequence[dict[str, Any]], step: int) -> None:
+        self.run.log({key: self._table(rows)}, step=step)
+
+    def log_eval(self, name: str, summary: dict[str, float], step: int | None, rows: Sequence[dict[str, Any]]) -> None:
+        # after training W&B's own step has moved on: eval/* get their own x-axis, the checkpoint's step
+        self.run.define_metric("eval/*", step_metric="eval/step")
+        values = {f"eval/{name}/{k}": v for k, v in summary.items()}
+        self.run.summary.update(values)
+        record: dict[str, Any] = {**values, "eval/step": step if step is not None else 0}
+        if rows:
+            record[f"eval/{name}/samples_table"] = self._table(rows)
+        self.run.log(record)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class TensorBoardTracker(Tracker):
+    """TensorBoard event files in ``RUN/tensorboard`` (tables as markdown text)."""
+
+    name = "tensorboard"
+
+    def __init__(self, run: RunDir) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(run.tensorboard))
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        for k, v in metrics.items():
+            self.writer.add_scalar(k, v, step)
+
+    @staticmethod
+    def _markdown(rows: Sequence[dict[str, Any]]) -> str:
+        columns = _columns(rows)
+
+        def cell(value: Any) -> str:
+            return str(_cell(value)).replace("|", "\\|").replace("\n", "<br>")
+
+        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+        return "\n".join(lines)
+
+    def log_table(self, key: str, rows: Sequence[dict[str, Any]], step: int) -> None:
+        self.writer.add_text(key, self._markdown(rows), step)
+
+    def log_eval(self, name: str, summary: dict[str, float], step: int | None, rows: Sequence[dict[str, Any]]) -> None:
+        for k, v in summary.items():
+            self.writer.add_scalar(f"eval/{name}/{k}", v, step or 0)
+        if rows:
+            self.writer.add_text(f"eval/{name}/samples_table", self._markdown(rows), step or 0)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class TrackioTracker(Tracker):
+    """trackio (local or a Space); a resumed run continues the run of the same name (``resume="allow"``)."""
+
+    name = "trackio"
+
+    def __init__(self, trackio: Any, config: dict[str, Any], project: str, name: str, group: str | None) -> None:
+        self.trackio = trackio
+        extra = {"group": group} if group else {}  # (older trackio versions have no group)
+        trackio.init(project=project, name=name, config=config, resume="allow", **extra)
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self.trackio.log(metrics, step=step)
+
+    def log_table(self, key: str, rows: Sequence[dict[str, Any]], step: int) -> None:
+        columns = _columns(rows)
+        table = self.trackio.Table(columns=columns, data=[[_cell(r.get(c)) for c in columns] for r in rows])
+        self.trackio.log({key: table}, step=step)
+
+    def log_eval(self, name: str, summary: dict[str, float], step: int | None, rows: Sequence[dict[str, Any]]) -> None:
+        self.trackio.log({**{f"eval/{name}/{k}": v for k, v in summary.items()}, "eval/step": step or 0})
+
+    def close(self) -> None:
+        self.trackio.finish()
+
+
+class RunLogger:
+    """Appends metrics to ``metrics.jsonl`` and samples to ``samples.jsonl``, and forwards both to the
+    trackers of ``report_to`` (nothing is written or reported when not ``enabled``: every rank but the first)."""
+
+    def __init__(self, run: RunDir, config: dict[str, Any], report_to: Sequence[str] = (), *, project: str = "resd",
+                 name: str | None = None, group: str | None = None, tags: Sequence[str] = (),
+                 enabled: bool = True) -> None:
+        self.enabled = enabled
         self.run = run
         self.metrics_path = run.metrics
         self.samples_path = run.samples
-        self._trackers: list[Any] = []
-        if wandb:
-            self._trackers.append(self._optional("wandb", lambda m: m.init(project=project, name=name, config=config)))
-        if trackio:
-            self._trackers.append(self._optional("trackio", lambda m: (m.init(project=project, name=name, config=config), m)[1]))
-        if tensorboard:
-            def make(_m):
-                from torch.utils.tensorboard import SummaryWriter
-                return SummaryWriter(str(run.tensorboard))
-            self._trackers.append(self._optional("tensorboard", make))
-        self._trackers = [t for t in self._trackers if t is not None]
+        self.trackers: list[Tracker] = []
+        self._failed_tables: set[str] = set()
+        name = name or run.root.name
+        for tracker in report_to if enabled else ():
+            self.trackers.append(self._make(tracker, config, project, name, group, tags))
 
-    @staticmethod
-    def _optional(module: str, make):
+    def _make(self, tracker: str, config: dict[str, Any], project: str, name: str, group: str | None,
+              tags: Sequence[str]) -> Tracker:
         try:
-            mod = __import__(module)
-            return make(mod)
+            if tracker == "wandb":
+                return WandbTracker(importlib.import_module("wandb"), self.run, config, project, name, group, tags)
+            if tracker == "trackio":
+                return TrackioTracker(importlib.import_module("trackio"), config, project, name, group)
+            if tracker == "tensorboard":
+                return TensorBoardTracker(self.run)
         except ImportError:
-            raise RuntimeError(f"logging.{module}=true but {module} is not installed (pip install 'resd[{module}]')") from None
+            raise RuntimeError(f"logging.report_to has {tracker!r} but {tracker} is not installed "
+                               f"(pip install 'resd[{tracker}]')") from None
+        raise ValueError(f"unknown tracker {tracker!r} in logging.report_to")
 
     def truncate_after(self, step: int) -> None:
         """Drop lines of steps > ``step`` (after a resume, so the file has each step once)."""
@@ -72,26 +219,59 @@ class RunLogger:
         with self.metrics_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        for tracker in self._trackers:
-            if hasattr(tracker, "add_scalar"):
-                for k, v in numeric.items():
-                    tracker.add_scalar(k, v, step)
-            else:
-                tracker.log(numeric, step=step)
+        for tracker in self.trackers:
+            tracker.log(numeric, step)
 
     def log_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
+        """Rollouts of a step: lines of ``samples.jsonl`` and a ``samples_table`` in the trackers."""
         if not samples or not self.enabled:
             return
         with self.samples_path.open("a", encoding="utf-8") as f:
             for sample in samples:
                 f.write(json.dumps({"step": step, **sample}) + "\n")
+        self.log_table("samples_table", [{"step": step, **s} for s in samples], step)
+
+    def log_table(self, key: str, rows: list[dict[str, Any]], step: int) -> None:
+        """A table of rows (samples) in the trackers; a tracker that cannot take one is warned about once."""
+        if not rows or not self.enabled:
+            return
+        for tracker in self.trackers:
+            try:
+                tracker.log_table(key, rows, step)
+            except Exception as e:  # a table is a convenience: it must not stop the run
+                if tracker.name not in self._failed_tables:
+                    self._failed_tables.add(tracker.name)
+                    log.warning("%s: logging the table %r failed (%s: %s); tables are not sent to it", tracker.name,
+                                key, type(e).__name__, e)
+
+    def log_eval(self, name: str, summary: dict[str, float], step: int | None,
+                 rows: list[dict[str, Any]] | None = None) -> None:
+        """The results of ``resd eval`` on the checkpoint of ``step`` (``name``: split and k) in the trackers."""
+        if not self.enabled:
+            return
+        numeric = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        for tracker in self.trackers:
+            tracker.log_eval(name, numeric, step, rows or [])
+
+    def series(self, key: str) -> list[tuple[int, float]]:
+        """(step, value) of ``key`` in ``metrics.jsonl``, in file order (the run's history, resumes included)."""
+        out: list[tuple[int, float]] = []
+        if not self.metrics_path.is_file():
+            return out
+        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            value = row.get(key) if isinstance(row, dict) else None
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and isinstance(row.get("step"), int):
+                out.append((row["step"], float(value)))
+        return out
 
     def close(self) -> None:
-        for tracker in self._trackers:
-            for method in ("finish", "close"):
-                if hasattr(tracker, method):
-                    try:
-                        getattr(tracker, method)()
-                    except Exception as e:  # a tracker failing at exit must not lose the run
-                        log.warning("closing tracker failed: %s", e)
-                    break
+        for tracker in self.trackers:
+            try:
+                tracker.close()
+            except Exception as e:  # a tracker failing at exit must not lose the run
+                log.warning("closing %s failed: %s", tracker.name, e)
+        self.trackers = []

@@ -32,6 +32,7 @@ from resd.fileio import atomic_write_text
 from resd.run_dir import RunDir
 from resd.sample import Sample
 from resd.trainer.checkpoint import latest_valid, load_checkpoint, save_checkpoint
+from resd.trainer.console import Console, fmt_count, fmt_number, fmt_seconds, losses, step_line, validation_line
 from resd.trainer.learner import Learner, NonFiniteError
 from resd.trainer.policy import Policy
 from resd.trainer.rng import rng_state, seed_everything, set_rng_state
@@ -56,11 +57,18 @@ class Trainer:
                  train_rows: list[dict[str, Any]] | None = None) -> None:
         self.config = cfg = config
         self.dist = init_distributed(cfg.dist.timeout_s)
+        self.console = Console(self.dist.is_main and cfg.logging.console)
         seed_everything(cfg.seed)
+        if model is None:
+            lora = ", LoRA" if cfg.model.lora.enabled else ""
+            self.console.print(f"loading model {cfg.model.name} ({cfg.model.precision}{lora}) ...")
+        t0 = time.perf_counter()
         self.policy = Policy(cfg, self.dist, model=model, tokenizer=tokenizer)
+        self.load_seconds = time.perf_counter() - t0
         self.env = env or envs.load(cfg.data.env, **cfg.data.env_kwargs)
         if train_rows is None:
             train_rows = self.env.load_split(cfg.data.train_split, cfg.data.train_path, cfg.data.train_limit)
+        self.train_rows = len(train_rows)
         self.schedule = build_schedule(cfg, train_rows)
         default_dir = Path("runs") / f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
         self.run = RunDir(run_dir or cfg.logging.run_dir or self.dist.all_gather(str(default_dir))[0])
@@ -81,10 +89,10 @@ class Trainer:
         self._last_val_step = -1
         self.elapsed = 0.0
         self.stop_requested = False
-        main = self.dist.is_main
         lc = cfg.logging
-        self.logger = RunLogger(self.run, cfg.to_dict(), main and lc.wandb, main and lc.tensorboard,
-                                main and lc.trackio, lc.project, cfg.name, enabled=main)
+        self.logger = RunLogger(self.run, cfg.to_dict(), lc.report_to, project=lc.project,
+                                name=lc.run_name or self.run.root.name, group=lc.group, tags=lc.tags,
+                                enabled=self.dist.is_main)
 
     # ------------------------------------------------------------------ what the parts hold
     @property
@@ -183,8 +191,11 @@ class Trainer:
     def train(self) -> Path:
         """Run until the schedule is done (or a stop is requested). Returns the run directory."""
         cfg = self.config
+        self.print_start_summary()
         previous = self._install_signal_handlers()
-        bar = tqdm(total=self.schedule.planned_steps(), initial=self.step, desc=cfg.name,
+        total = self.schedule.planned_steps()
+        start_step, start_time = self.step, time.perf_counter()
+        bar = tqdm(total=total, initial=self.step, desc=cfg.name,
                    disable=not (cfg.logging.progress and self.dist.is_main), dynamic_ncols=True)
         try:
             if cfg.eval.before_train and self.step == 0:
@@ -194,9 +205,10 @@ class Trainer:
                 metrics = self.train_step()
                 if self.step % cfg.logging.log_every == 0:
                     self.logger.log(self.step, metrics)
+                    self.console.print(step_line(self.step, total, metrics))
                 bar.update(1)
-                loss = metrics.get("loss/distill", metrics.get("loss/pg", 0.0))
-                bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", loss=f"{loss:.3g}")
+                bar.set_postfix(reward=fmt_number(metrics.get("reward/mean", 0.0)),
+                                **{name: fmt_number(value) for name, value in losses(metrics)})
                 self.after_step()
             if cfg.logging.save_final:
                 self.save()
@@ -209,7 +221,70 @@ class Trainer:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.logger.close()
+        self.print_closing_summary(self.step - start_step, time.perf_counter() - start_time)
         return self.run_dir
+
+    # ------------------------------------------------------------------ console
+    def print_start_summary(self) -> None:
+        """Model, parameters, precision, device, algorithm, data and the run directory, before the first step."""
+        if not self.console.enabled:
+            return
+        cfg = self.config
+        params = list(self.model.parameters())
+        total = sum(p.numel() for p in params)
+        trainable = sum(p.numel() for p in params if p.requires_grad)
+        lora = f", LoRA r={cfg.model.lora.r}" if cfg.model.lora.enabled else ""
+        procs = f", {self.dist.world} processes" if self.dist.enabled else ""
+        loaded = f", loaded in {fmt_seconds(self.load_seconds)}" if self.load_seconds >= 0.5 else ""
+        schedule = "stream" if cfg.uses_stream else "standard"
+        steps = self.schedule.planned_steps()
+        if self.validation.scheduled():
+            val = f"{len(self.validation.rows())} val ({cfg.data.val_split}, k={cfg.eval.k})"
+        else:
+            val = "no validation scheduled"
+        rows = [
+            ("model", f"{cfg.model.name} ({cfg.model.precision}{lora}) on {self.policy.device}{procs}{loaded}"),
+            ("parameters", f"{fmt_count(trainable)} trainable of {fmt_count(total)}"),
+            ("algorithm", f"{self.algorithm.name}, {schedule} schedule, {steps} steps, "
+                          f"{cfg.train.batch_size} prompts x {cfg.rollout.n} rollouts per step"),
+            ("data", f"{cfg.data.env}: {self.train_rows} train rows, {val}"),
+            ("run dir", str(self.run_dir)),
+        ]
+        if self.step:
+            rows.append(("resumed", f"at step {self.step} ({self.rollouts_seen} rollouts)"))
+        if self.logger.trackers:
+            rows.append(("trackers", ", ".join(t.name for t in self.logger.trackers)))
+        self.console.block(f"resd run {cfg.name}", rows)
+
+    def print_closing_summary(self, steps: int, seconds: float) -> None:
+        """The held-out metric before -> after (and the best), the run directory and how to see the report."""
+        if not self.console.enabled:
+            return
+        cfg = self.config
+        name = self.validation.metric_name
+        history = self.logger.series(f"val/{name}")
+        rows = []
+        if history:
+            (first_step, first), (last_step, last) = history[0], history[-1]
+            text = f"{fmt_number(first)} at step {first_step}"
+            if len(history) > 1:
+                text += f" -> {fmt_number(last)} at step {last_step}"
+            best = self.best
+            if best is not None and best.get("metric") == name:
+                text += f" (best {fmt_number(best['value'])} at step {best['step']})"
+            rows.append((f"held-out {name}", f"{text} [{cfg.data.val_split}]"))
+            companion = name.replace("/mean@", "/best@", 1)
+            other = self.logger.series(f"val/{companion}") if companion != name else []
+            if len(other) > 1:
+                rows.append((f"held-out {companion}", f"{fmt_number(other[0][1])} -> {fmt_number(other[-1][1])}"))
+        else:
+            rows.append(("held-out", "no validation ran (eval.before_train, eval.every_steps, eval.every_rollouts)"))
+        rows.append(("run dir", str(self.run_dir)))
+        if self.stop_requested:
+            rows.append(("resume", f"resd train --resume {self.run_dir}"))
+        rows.append(("report", f"resd report {self.run_dir}"))
+        state = "stopped" if self.stop_requested else "done"
+        self.console.block(f"{state}: {steps} steps, {self.rollouts_seen} rollouts in {fmt_seconds(seconds)}", rows)
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         def request_stop(signum, _frame):
@@ -233,10 +308,15 @@ class Trainer:
         metrics = {f"val/{k}": v for k, v in summary.items()}
         metrics.update({"progress/rollouts": float(self.rollouts_seen), "progress/elapsed_s": self.elapsed})
         self.logger.log(self.step, metrics)
+        self.logger.log_table("val/samples_table", self.validation.last_records, self.step)
         self._last_val_rollouts = self.rollouts_seen
         self._last_val_step = self.step
-        if self.validation.improved(self.step, summary):
-            if self.config.eval.save_best:
+        improved = self.validation.improved(self.step, summary)
+        cfg = self.config
+        self.console.print(validation_line(self.step, cfg.data.val_split, int(summary.get("prompts", 0)), cfg.eval.k,
+                                           summary, self.validation.last_aliases, best=improved))
+        if improved:
+            if cfg.eval.save_best:
                 self.save()
             self.validation.write_best()
         return metrics
@@ -295,7 +375,7 @@ class Trainer:
         self.learner.load_optimizer_state(objects["optimizer"])
         set_rng_state(objects["rng"])
         self.step = int(state["step"])
-        self.validation.best = state.get("best")
+        self.validation.set_best(state.get("best"))
         self.rollouts_seen = self._last_val_rollouts = int(state["rollouts_seen"])
         self.elapsed = float(state["elapsed"])
         self.learner.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
