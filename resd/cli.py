@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Collection
 from pathlib import Path
 
 EPILOG = """examples:
@@ -438,12 +439,13 @@ def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentP
     return None
 
 
-def _option(sub: argparse.ArgumentParser, name: str) -> argparse.Action | None:
-    """The option ``name`` stands for: itself, or the one option it abbreviates (as argparse allows)."""
+def _option(sub: argparse.ArgumentParser, name: str, config_keys: Collection[str] = ()) -> argparse.Action | None:
+    """The option ``name`` stands for: itself, or the one option it abbreviates (as argparse allows).
+    A config key is never taken for an abbreviation (``resd solve --seed=3`` sets ``seed``, not ``--seeds``)."""
     options = sub._option_string_actions
     if name in options:
         return options[name]
-    if "." in name:  # a config key, never an abbreviation
+    if "." in name or name[2:] in config_keys:
         return None
     matches = {options[o] for o in options if o.startswith(name) and name.startswith("--")}
     return matches.pop() if len(matches) == 1 else None
@@ -474,7 +476,7 @@ def _gather_overrides(parser: argparse.ArgumentParser, argv: list[str]) -> list[
             overrides.append(token)  # key=value; anything else is refused as an override later
         else:
             name, eq, value = token.partition("=")
-            action = _option(sub, name)
+            action = _option(sub, name, keys | set(Config.model_fields))
             key = name[2:]
             if action is not None:
                 kept.append(token)

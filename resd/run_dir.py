@@ -72,12 +72,6 @@ class RunDir:
         split = _UNSAFE.sub("_", split).strip("_") or "split"
         return f"{env}-{split}" + (f"-step{step}" if step is not None else "") + f"-k{k}"
 
-    def eval_summary(self, name: str) -> Path:
-        return self.eval_dir / f"{name}_summary.json"
-
-    def eval_samples(self, name: str) -> Path:
-        return self.eval_dir / f"{name}_samples.jsonl"
-
     def read_best(self) -> dict[str, Any] | None:
         """``best.json`` with both names of the metric, also for files written before ``best_metric`` was
         (those have only ``metric``, the summary key with ``@k``). None when there is none or it is unreadable."""

@@ -343,3 +343,13 @@ def test_an_uncached_hub_id_fails_at_once_offline(online, monkeypatch):
     with pytest.raises(ConfigError, match=r"not in the Hugging Face cache while HF_HUB_OFFLINE is set"):
         load_tokenizer("resd-tests/no-such-model-7c1e")
     assert time.monotonic() - start < 5
+
+
+def test_a_config_key_is_not_taken_for_an_abbreviated_option():
+    """``solve --seed=3`` is the config key ``seed`` (as ``--key=value`` promises), not ``--seeds=3``."""
+    from resd.cli import _gather_overrides, build_parser
+
+    argv = _gather_overrides(build_parser(), ["solve", "--example", "1", "--seed=3"])
+    assert argv[-2:] == ["--", "seed=3"] and "--seeds=3" not in argv and "--seed=3" not in argv
+    # a real abbreviation of an option that is no config key still works
+    assert _gather_overrides(build_parser(), ["solve", "--exam", "1"]) == ["solve", "--exam", "1"]

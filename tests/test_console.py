@@ -122,6 +122,7 @@ def test_validation_results_are_printed_when_computed(smoke):
         assert line.startswith(f"validation after step {step} (test, 3 prompts x 2): ")
         assert f"task/mean@2={fmt_number(summary['task/mean@2'])}" in line
         assert f"pass@2={fmt_number(summary['pass@2'])}" in line
+        assert summary["aliases"] == {"test_case": "task", "score": "task", "acc": "task"}  # arithmetic: one 0/1 quantity under four names
         for alias in summary["aliases"]:  # a family repeating another's values is not printed again
             assert f" {alias}/mean@2=" not in line
     assert val[0].endswith("(new best)")
@@ -173,10 +174,10 @@ def test_eval_of_best_and_latest_writes_separate_files_with_their_provenance(smo
         assert datetime.fromisoformat(origin["time"]).tzinfo is not None
         assert str(path) in printed[which]
         # an alias family is printed once, with a note naming it
+        assert data["aliases"] == {"test_case": "task", "score": "task", "acc": "task"}
         for alias, family in data["aliases"].items():
             assert f"{alias}/mean@2" not in printed[which] and f"{family}/mean@2" in printed[which]
-        if data["aliases"]:
-            assert "same values, shown once:" in printed[which]
+        assert "same values, shown once:" in printed[which]
 
 
 def test_old_best_json_is_still_read(smoke, tmp_path):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Mapping
-from typing import Any, TextIO
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -102,16 +102,14 @@ def validation_line(step: int, split: str, prompts: int, k: int, summary: Mappin
 class Console:
     """Prints to standard output when ``enabled`` (the first rank, ``logging.console``)."""
 
-    def __init__(self, enabled: bool = True, stream: TextIO | None = None) -> None:
+    def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
-        self.stream = stream
 
     def print(self, text: str = "") -> None:
         if not self.enabled:
             return
-        out = self.stream or sys.stdout
-        tqdm.write(text, file=out)
-        out.flush()
+        tqdm.write(text, file=sys.stdout)
+        sys.stdout.flush()
 
     def block(self, title: str, rows: list[tuple[str, str]]) -> None:
         """A title and aligned ``label  value`` rows."""

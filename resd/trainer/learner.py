@@ -190,16 +190,23 @@ class Learner:
         advantages = torch.cat([torch.full((len(s.response_ids),), s.advantage) for s in micro]).to(dev)
         w_sd_t, w_pg_t = torch.cat(w_sd).to(dev), torch.cat(w_pg).to(dev)
 
+        stats: dict[str, float] = {}
+
         def chunk_loss(logp: torch.Tensor, div: torch.Tensor | None, rows: slice) -> torch.Tensor:
-            return objective(logp, div, old=None if old is None else old[rows],
-                             rollout_logprobs=None if rollout is None else rollout[rows],
-                             advantages=advantages[rows], w_sd=w_sd_t[rows], w_pg=w_pg_t[rows], spec=self.objective)[0]
+            loss, part = objective(logp, div, old=None if old is None else old[rows],
+                                   rollout_logprobs=None if rollout is None else rollout[rows],
+                                   advantages=advantages[rows], w_sd=w_sd_t[rows], w_pg=w_pg_t[rows],
+                                   spec=self.objective)
+            for key, value in part.items():  # every statistic of the objective is a sum over tokens
+                stats[key] = stats.get(key, 0.0) + value
+            return loss
 
         # the head's gradient is formed chunk by chunk in the forward (no recompute in the backward)
         loss, logp, div = fused_token_loss(hidden, lm_head(self.model), teacher_fn, ids, self.spec, chunk_loss,
                                            cfg.train.loss_chunk_size, temperature)
-        _, stats = objective(logp, div, old=old, rollout_logprobs=rollout, advantages=advantages,
-                             w_sd=w_sd_t, w_pg=w_pg_t, spec=self.objective)  # detached terms: statistics only
+        if not stats:  # no response tokens: no chunk ran, the statistics still need their names
+            _, stats = objective(logp, div, old=old, rollout_logprobs=rollout, advantages=advantages,
+                                 w_sd=w_sd_t, w_pg=w_pg_t, spec=self.objective)
         stats["samples"] = float(len(micro))
         return loss, stats
 
