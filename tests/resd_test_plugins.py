@@ -7,7 +7,9 @@ process or several generate them (``resd.reflector.backend=callable``).
 from __future__ import annotations
 
 import json
+import os
 import zlib
+from pathlib import Path
 
 from resd.envs import register
 from resd.envs.base import Environment, Feedback
@@ -28,6 +30,20 @@ def scripted(_config):
                 out.append(json.dumps({"reasoning": "why", "key_insight": f"insight {tag}",
                                        "bullet_tags": [{"id": "err-00001", "tag": "harmful"}]}))
         return out
+
+    return generate
+
+
+def counted(config):
+    """``scripted``, and each process appends how many conversations it was asked to answer to
+    ``<run_dir>/reflector-calls-rank<RANK>.txt`` (to show that torchrun ranks share the work)."""
+    inner = scripted(config)
+    log = Path(config.logging.run_dir) / f"reflector-calls-rank{os.environ.get('RANK', '0')}.txt"
+
+    def generate(conversations):
+        with log.open("a") as f:
+            f.write(f"{len(conversations)}\n")
+        return inner(conversations)
 
     return generate
 

@@ -165,3 +165,34 @@ def test_resd_trains_with_constrained_reflections(tiny_config):
     rows = [json.loads(line) for line in trainer.run.metrics.read_text().splitlines()]
     step = next(r for r in rows if "parse/reflector_failures" in r)
     assert step["parse/reflector_failures"] == 0 and step["parse/curator_failures"] == 0
+
+
+def test_resd_trains_with_a_second_local_model_as_reflector(tiny_config, tmp_path):
+    """``resd.reflector.backend=model``: another model, loaded from a directory, reflects and curates
+    under the schemas; the policy's weights play no part in it."""
+    import torch
+
+    from resd.models import load_model, load_tokenizer
+    from resd.rollout.text import ModelTextGenerator
+    from resd.trainer import build_trainer
+
+    tokenizer = load_tokenizer("tiny")
+    reflector_dir = tmp_path / "reflector"
+    torch.manual_seed(123)
+    load_model("tiny", "fp32", tokenizer).save_pretrained(reflector_dir)
+    tokenizer.save_pretrained(reflector_dir)
+    config = tiny_config("algorithm=resd", "rollout.n=2", "train.batch_size=2", "stream.num_batches=1",
+                         "stream.inner_steps=1", "stream.min_inner_steps=1", "resd.reflector.max_new_tokens=16",
+                         "resd.reflector.backend=model", f"resd.reflector.model={reflector_dir}",
+                         "resd.reflector.constrained=true")
+    trainer = build_trainer(config)
+    generate = trainer.algorithm.text_generate
+    assert isinstance(generate, ModelTextGenerator) and generate.generator.model is not trainer.policy.model
+    trainer.train()
+    assert trainer.algorithm.updater.config.constrained
+    rows = [json.loads(line) for line in trainer.run.metrics.read_text().splitlines()]
+    step = next(r for r in rows if "parse/reflector_failures" in r)
+    assert step["reflection/count"] > 0
+    assert step["parse/reflector_failures"] == 0 and step["parse/curator_failures"] == 0
+    curations = [json.loads(x) for x in trainer.run.curation.read_text().splitlines()]
+    assert curations and all(c["ok"] for c in curations)

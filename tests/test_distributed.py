@@ -22,7 +22,7 @@ COMMON = [
     "teacher.update_rate=0.3", "train.lr=1e-3", "train.warmup_steps=0",
 ]
 RESD = ["algorithm=resd", "rollout.n=1", "stream.inner_steps=2", "stream.min_inner_steps=2", "stream.num_batches=1",
-        "resd.reflector.backend=callable", "resd.reflector.model=resd_test_plugins:scripted",
+        "resd.reflector.backend=callable", "resd.reflector.model=resd_test_plugins:counted",
         "reprompt.dont_reprompt_on_self_success=false", "train.steps=100"]
 
 
@@ -74,6 +74,12 @@ def test_two_processes_match_one(tmp_path, algorithm):
         playbook = (tmp_path / "two" / "playbook" / "step-000002.txt").read_text()
         assert "lesson" in playbook
         assert playbook == (tmp_path / "one" / "playbook" / "step-000002.txt").read_text()
+        # each reflection and curation is made once: the ranks split the calls of one process
+        calls = {run: {p.name: sum(map(int, p.read_text().split())) for p in (tmp_path / run).glob("reflector-calls-*")}
+                 for run in ("one", "two")}
+        assert set(calls["two"]) == {"reflector-calls-rank0.txt", "reflector-calls-rank1.txt"}
+        assert all(n > 0 for n in calls["two"].values())
+        assert sum(calls["two"].values()) == sum(calls["one"].values()) > 0
     else:  # a sharded run's checkpoint loads for evaluation and the report like any other
         for args in (["eval", "--run", str(tmp_path / "two"), "--limit", "2", "--k", "1", "--out", str(tmp_path / "ev")],
                      ["report", str(tmp_path / "two"), "--out", str(tmp_path / "report.html")]):

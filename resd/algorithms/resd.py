@@ -34,7 +34,7 @@ from resd.fileio import atomic_write_text
 from resd.losses import success_rate_weights
 from resd.rollout.base import SamplingParams
 from resd.rollout.structured import resolve_constrained
-from resd.rollout.text import HTTPTextGenerator, ModelTextGenerator, PolicyTextGenerator
+from resd.rollout.text import HTTPTextGenerator, ModelTextGenerator, PolicyTextGenerator, SharedTextGenerator
 from resd.sample import Sample
 
 if TYPE_CHECKING:
@@ -64,9 +64,27 @@ def updater_config(config: Config) -> UpdaterConfig:
 
 
 def text_generator(config: Config, services: Services):
-    """Who writes reflections and curations (``resd.reflector.backend``)."""
+    """Who writes reflections and curations (``resd.reflector.backend``); under torchrun every
+    answer is made once and shared by all ranks."""
     r = config.resd.reflector
-    sampling = SamplingParams(r.temperature, r.top_p, 0, r.max_new_tokens)
+    if r.backend == "policy":
+        return PolicyTextGenerator(services.generator, services.tokenizer, sampling_of(config), r.max_prompt_tokens,
+                                   config.model.chat_template_kwargs, seed_fn=lambda n: services.seeds("text", n),
+                                   dist=services.dist)
+    generate = _other_text_generator(config)
+    return SharedTextGenerator(generate, services.dist) if services.dist.enabled else generate
+
+
+def sampling_of(config: Config) -> SamplingParams:
+    """The reflector's and curator's sampling settings."""
+    r = config.resd.reflector
+    return SamplingParams(r.temperature, r.top_p, 0, r.max_new_tokens)
+
+
+def _other_text_generator(config: Config):
+    """A reflector other than the policy: a server, a callable or a second model."""
+    r = config.resd.reflector
+    sampling = sampling_of(config)
     if r.backend == "http":
         if not r.url or not r.model:
             raise ValueError("resd.reflector.backend=http needs resd.reflector.url and resd.reflector.model")
@@ -83,9 +101,7 @@ def text_generator(config: Config, services: Services):
             raise ValueError("resd.reflector.backend=model needs resd.reflector.model")
         return ModelTextGenerator(r.model, sampling, config.model.precision, config.rollout.batch_size,
                                   r.max_prompt_tokens)
-    return PolicyTextGenerator(services.generator, services.tokenizer, sampling, r.max_prompt_tokens,
-                               config.model.chat_template_kwargs, seed_fn=lambda n: services.seeds("text", n),
-                               dist=services.dist)
+    raise ValueError(f"resd.reflector.backend: unknown backend {r.backend!r}")
 
 
 class RESD(Algorithm):

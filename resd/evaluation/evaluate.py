@@ -97,9 +97,11 @@ def provenance(config, *, split: str, k: int, seed: int | None, prompts: int, ru
     }
 
 
-def summarize(env, groups: Sequence[Sequence[dict[str, Any]]], k: int, success_threshold: float) -> dict[str, float]:
-    """Metrics from per-prompt lists of sample records (each with score, acc, length, truncated)."""
-    families = family_values(env, groups)
+def summarize(env, groups: Sequence[Sequence[dict[str, Any]]], k: int, success_threshold: float,
+              families: dict[str, list[list[float]]] | None = None) -> dict[str, float]:
+    """Metrics from per-prompt lists of sample records (each with score, acc, length, truncated);
+    ``families``: their :func:`family_values`, when the caller has them already."""
+    families = families if families is not None else family_values(env, groups)
     scores = families["score"]
     summary: dict[str, float] = {"prompts": float(len(groups)), "samples": float(sum(len(g) for g in groups))}
     for name, values in families.items():
@@ -164,5 +166,6 @@ def evaluate(
         groups.extend(chunk_groups)
         bar.update(len(chunk))
     bar.close()
-    summary = summarize(env, groups, k, success_threshold)
-    return EvalResult(summary, [r for g in groups for r in g], family_aliases(family_values(env, groups)))
+    families = family_values(env, groups)
+    summary = summarize(env, groups, k, success_threshold, families)
+    return EvalResult(summary, [r for g in groups for r in g], family_aliases(families))

@@ -7,6 +7,10 @@ Three backends share one call signature, ``generate(list_of_chat_messages) -> li
 - :class:`ModelTextGenerator`: a separate Hugging Face model;
 - :class:`HTTPTextGenerator`: an OpenAI-compatible ``/v1/chat/completions`` endpoint.
 
+Under torchrun every rank holds the same conversations; :class:`SharedTextGenerator` makes each
+answer once (each rank its share) and gives every rank all of them, so that the ranks' playbooks
+stay identical whatever the backend samples.
+
 Each also takes ``schemas=`` (one JSON schema or None per conversation): the answer is then
 generated under that schema (:mod:`resd.rollout.structured`), with a token limit that always
 suffices for it (:func:`resd.context.output_schema.token_budget`). ``constraint_support`` says
@@ -166,3 +170,30 @@ class HTTPTextGenerator:
             return [self._one(*job) for job in jobs]
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(jobs))) as pool:
             return list(pool.map(lambda job: self._one(*job), jobs))
+
+
+class SharedTextGenerator:
+    """Wraps a generator for several processes: each rank answers its contiguous share of the
+    conversations (``dist.share``), then all ranks exchange, so every answer is made once and every
+    rank gets the same list (a server's or a second model's sampling would otherwise differ per rank).
+    :class:`PolicyTextGenerator` does the same itself, with the policy's seeded sampler."""
+
+    def __init__(self, inner, dist) -> None:
+        self.inner = inner
+        self.dist = dist
+
+    @property
+    def constraint_support(self):
+        return getattr(self.inner, "constraint_support", None)
+
+    def __call__(self, conversations: Sequence[Messages], schemas: Sequence[dict | None] | None = None) -> list[str]:
+        if schemas is not None and len(schemas) != len(conversations):
+            raise ValueError(f"got {len(schemas)} schemas for {len(conversations)} conversations")
+        share = self.dist.share(len(conversations))
+        mine = list(conversations[share])
+        texts: list[str] = []
+        if mine:
+            texts = self.inner(mine, schemas=list(schemas[share])) if schemas is not None else self.inner(mine)
+            if len(texts) != len(mine):
+                raise ValueError(f"the reflector returned {len(texts)} texts for {len(mine)} conversations")
+        return [t for part in self.dist.all_gather(list(texts)) for t in part]
