@@ -11,8 +11,9 @@ from types import SimpleNamespace
 import pytest
 
 from resd.context.output_schema import (
-    MAX_TEXT_CHARS, MIN_TEXT_CHARS, TEXT_PATTERN, UnboundedSchema, conforms, curator_schema, curator_schema_for,
-    max_json_bytes, reflection_schema, reflection_schema_for, template_key_order, token_budget,
+    FIELD_WEIGHTS, MAX_OPERATIONS, MAX_TEXT_CHARS, MIN_LESSON_CHARS, MIN_TEXT_CHARS, TEXT_PATTERN, UnboundedSchema,
+    conforms, curator_schema, curator_schema_for, max_json_bytes, reflection_schema, reflection_schema_for,
+    template_key_order, token_budget,
 )
 from resd.context.parsing import parse_curator, parse_reflection
 from resd.context.playbook import Bullet, Playbook
@@ -106,6 +107,26 @@ def test_the_byte_bound_is_exact_and_the_budget_is_kept(n_bullets, budget):
                 assert max_json_bytes(schema) <= budget
 
 
+@pytest.mark.parametrize("budget", [192, 384, 900, 3000])
+def test_lessons_get_the_larger_share_of_the_budget(budget):
+    """Curator lessons are never cut below MIN_LESSON_CHARS to fit more operations (while one fits),
+    and the reflection's key insight and correct approach get more room than its other fields."""
+    pb = playbook(3)
+    curator = curator_schema_for(pb, PROMPT_SETS["default"].curator, budget)
+    operations = curator["properties"]["operations"]
+    lengths = {v["properties"]["content"]["maxLength"] for v in operations["items"]["anyOf"] if "content" in v["properties"]}
+    assert len(lengths) == 1
+    if operations["maxItems"] > 1:
+        assert lengths.pop() >= MIN_LESSON_CHARS
+    if budget >= 900:  # room for several full lessons
+        assert operations["maxItems"] == MAX_OPERATIONS
+    reflection = reflection_schema_for(pb, PROMPT_SETS["default"].reflector, budget)["properties"]
+    unit = reflection["reasoning"]["maxLength"]
+    assert reflection["key_insight"]["maxLength"] == min(MAX_TEXT_CHARS, FIELD_WEIGHTS["key_insight"] * unit) > unit
+    assert reflection["correct_approach"]["maxLength"] == min(MAX_TEXT_CHARS, 2 * unit)
+    assert reflection["error_identification"]["maxLength"] == unit
+
+
 def test_strings_are_one_byte_characters_without_escapes():
     schema = reflection_schema_for(playbook(0), PROMPT_SETS["default"].reflector, 600)
     good = {k: "plain ASCII, with 'quotes' and {braces}" if k != "bullet_tags" else [] for k in schema["properties"]}
@@ -169,22 +190,6 @@ def test_http_request_carries_the_schema_and_a_sufficient_token_limit():
     json.dumps(body)  # serializable as sent
 
 
-def test_http_requests_run_concurrently_and_answer_in_order(monkeypatch):
-    gen = HTTPTextGenerator("http://127.0.0.1:9", "m", SamplingParams(), concurrency=4)
-    seen = []
-
-    def fake(messages, schema=None):
-        seen.append(schema)
-        return messages[0]["content"].upper()
-
-    monkeypatch.setattr(gen, "_one", fake)
-    conversations = [[{"role": "user", "content": f"q{i}"}] for i in range(9)]
-    assert gen(conversations, schemas=[{"n": i} for i in range(9)]) == [f"Q{i}" for i in range(9)]
-    assert sorted(s["n"] for s in seen) == list(range(9))
-    with pytest.raises(ValueError, match="2 schemas for 9"):
-        gen(conversations, schemas=[None, None])
-
-
 @pytest.fixture()
 def fake_vllm(monkeypatch):
     """A stand-in ``vllm`` package with the two structured-output APIs (new and old)."""
@@ -242,3 +247,69 @@ def test_vllm_generator_sends_each_prompt_its_schema(fake_vllm):
     sent = [p.kwargs.get("structured_outputs") for p in engine.params]
     assert [s.kwargs["json"] if s else None for s in sent] == [schemas[0], schemas[0], None, None]
     assert all(p.kwargs["max_tokens"] == 7 for p in engine.params)
+
+
+@pytest.fixture()
+def chat_server():
+    """A real local HTTP server speaking the chat-completions shape: it answers each request with the
+    upper-cased user message after ``delay`` seconds, stops answers that contain "long" at the token
+    limit (finish_reason "length"), and records the bodies and the most requests in flight at once."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    state = {"bodies": [], "in_flight": 0, "most": 0, "delay": 0.2}
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            with lock:
+                state["bodies"].append(body)
+                state["in_flight"] += 1
+                state["most"] = max(state["most"], state["in_flight"])
+            time.sleep(state["delay"])
+            with lock:
+                state["in_flight"] -= 1
+            text = body["messages"][-1]["content"]
+            answer = {"choices": [{"message": {"content": text.upper()},
+                                   "finish_reason": "length" if "long" in text else "stop"}]}
+            data = json.dumps(answer).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", state
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_generator_against_a_real_server(chat_server, caplog):
+    url, state = chat_server
+    gen = HTTPTextGenerator(url, "reflector", SamplingParams(0.7, 0.9, 0, 64), concurrency=4)
+    conversations = [[{"role": "user", "content": f"q{i}"}] for i in range(8)]
+    schema = reflection_schema_for(playbook(1), PROMPT_SETS["default"].reflector, 300)
+    assert gen(conversations, schemas=[schema] * 8) == [f"Q{i}" for i in range(8)]
+    assert state["most"] >= 2  # requests overlapped
+    assert all(b["response_format"]["json_schema"]["schema"] == schema for b in state["bodies"])
+    assert gen.cut_constrained == 0
+    with pytest.raises(ValueError, match="2 schemas for 8"):
+        gen(conversations, schemas=[None, None])
+    # a server whose grammar lets the model run on in whitespace cuts constrained answers: counted, warned once
+    with caplog.at_level("WARNING", logger="resd.rollout.text"):
+        gen([[{"role": "user", "content": "long 1"}], [{"role": "user", "content": "long 2"}]], schemas=[schema] * 2)
+        gen([[{"role": "user", "content": "long 3"}]])  # no schema: a free answer may end at the limit
+    assert gen.cut_constrained == 2
+    warnings = [r for r in caplog.records if "disable_any_whitespace" in r.getMessage()]
+    assert len(warnings) == 1 and url in warnings[0].getMessage()
+    # an unreachable server is an unusable answer, not a crash
+    down = HTTPTextGenerator("http://127.0.0.1:9", "reflector", SamplingParams(), timeout_s=2)
+    assert down([[{"role": "user", "content": "q"}]])[0].startswith("INCORRECT_DUE_TO_EMPTY_RESPONSE")

@@ -9,7 +9,11 @@ with compact separators) closes the JSON within :func:`max_json_bytes` tokens: t
 one for the stop token, is the token budget of a constrained call (:func:`token_budget`).
 
 String lengths are sized from a character budget: the longest text each string may hold is the
-largest that keeps the whole answer within the budget (:func:`fit_text_chars`).
+largest that keeps the whole answer within the budget (:func:`fit_text_chars`). The budget is not
+split evenly: the reflection fields that carry the lesson get a larger share
+(:data:`FIELD_WEIGHTS`), and a curator answer offers fewer operations rather than lessons shorter
+than :data:`MIN_LESSON_CHARS` (measured with the 0.5B policy: an even split of 192 characters
+left 24 per field, and every lesson ended mid-sentence).
 """
 
 from __future__ import annotations
@@ -33,6 +37,10 @@ MAX_OPERATIONS = 3
 MAX_MERGE_IDS = 3
 MIN_TEXT_CHARS = 24
 MAX_TEXT_CHARS = 1200
+#: a curator lesson shorter than this is a fragment: fewer operations are offered instead
+MIN_LESSON_CHARS = 80
+#: each reflection field's length in units of the schema's ``text_chars`` (others: 1)
+FIELD_WEIGHTS = {"key_insight": 3, "correct_approach": 2}
 
 REFLECTION_KEYS = (*REFLECTION_FIELDS, "bullet_tags")
 CURATOR_KEYS = ("reasoning", "operations")
@@ -72,7 +80,9 @@ def reflection_schema(bullet_ids: Sequence[str], fields: Sequence[str], text_cha
                       max_tags: int = MAX_TAGS) -> dict[str, Any]:
     """A reflector (or success reflector) answer: ``fields`` (strings among
     :data:`~resd.context.parsing.REFLECTION_FIELDS`, in order) and ``bullet_tags``, wherever
-    ``fields`` puts it (at the end when absent). Without bullet ids the tag list must be empty."""
+    ``fields`` puts it (at the end when absent). Without bullet ids the tag list must be empty.
+    A field holds ``text_chars`` times its :data:`FIELD_WEIGHTS` characters (at most
+    :data:`MAX_TEXT_CHARS`)."""
     ids = list(dict.fromkeys(bullet_ids))
     if ids:
         item = _object({"id": {"type": "string", "enum": ids}, "tag": {"type": "string", "enum": list(TAGS)}})
@@ -82,7 +92,8 @@ def reflection_schema(bullet_ids: Sequence[str], fields: Sequence[str], text_cha
     order = [k for k in fields if k in REFLECTION_KEYS]
     if "bullet_tags" not in order:
         order.append("bullet_tags")
-    return _object({k: tags if k == "bullet_tags" else text_schema(text_chars) for k in order})
+    return _object({k: tags if k == "bullet_tags" else text_schema(min(MAX_TEXT_CHARS, text_chars * FIELD_WEIGHTS.get(k, 1)))
+                    for k in order})
 
 
 def curator_schema(bullet_ids: Sequence[str], sections: Sequence[str], text_chars: int,
@@ -175,13 +186,15 @@ def reflection_schema_for(playbook: Playbook, template: str, budget_chars: int) 
 
 
 def curator_schema_for(playbook: Playbook, template: str, budget_chars: int) -> dict[str, Any]:
-    """The curator schema for ``playbook`` and ``template``: as many operations as fit (up to
-    :data:`MAX_OPERATIONS`) with string lengths sized so that the whole answer fits the budget."""
+    """The curator schema for ``playbook`` and ``template``: as many operations (up to
+    :data:`MAX_OPERATIONS`) as leave each lesson at least :data:`MIN_LESSON_CHARS` characters, with
+    string lengths sized so that the whole answer fits the budget."""
     ids = [b.id for b in playbook.bullets()]
     sections = playbook_sections(playbook)
     keys = template_key_order(template, CURATOR_KEYS)
     n_ops = MAX_OPERATIONS
-    while n_ops > 1 and max_json_bytes(curator_schema(ids, sections, MIN_TEXT_CHARS, n_ops, keys)) > budget_chars:
+    while n_ops > 1 and fit_text_chars(lambda c: curator_schema(ids, sections, c, n_ops, keys),
+                                       budget_chars) < MIN_LESSON_CHARS:
         n_ops -= 1
     chars = fit_text_chars(lambda c: curator_schema(ids, sections, c, n_ops, keys), budget_chars)
     return curator_schema(ids, sections, chars, n_ops, keys)

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
+import threading
 import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +33,7 @@ from resd.context.output_schema import token_budget
 from resd.rollout.base import SamplingParams
 
 Messages = list[dict[str, str]]
+log = logging.getLogger(__name__)
 
 
 class TextGenerator(Protocol):
@@ -124,6 +127,8 @@ class HTTPTextGenerator:
 
     def __init__(self, url: str, model: str, sampling: SamplingParams, api_key_env: str | None = None,
                  timeout_s: float = 300.0, concurrency: int = 8) -> None:
+        self.cut_constrained = 0  # constrained answers the server stopped at max_tokens
+        self._lock = threading.Lock()
         self.url = url.rstrip("/") + ("" if url.rstrip("/").endswith("/chat/completions") else "/v1/chat/completions")
         self.model = model
         self.sampling = sampling
@@ -156,10 +161,26 @@ class HTTPTextGenerator:
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 payload = json.loads(response.read().decode())
-            return str(payload["choices"][0]["message"]["content"] or "")
+            choice = payload["choices"][0]
+            if schema is not None and choice.get("finish_reason") == "length":
+                self._note_cut(body["max_tokens"])
+            return str(choice["message"]["content"] or "")
         except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
             # A failed call is an unusable reflection, counted by the parser; it must not stop training.
             return f"INCORRECT_DUE_TO_EMPTY_RESPONSE ({type(e).__name__}: {e})"
+
+    def _note_cut(self, max_tokens: int) -> None:
+        with self._lock:
+            self.cut_constrained += 1
+            first = self.cut_constrained == 1
+        if first:
+            # The token limit covers the schema's longest answer written without free whitespace; a
+            # grammar that lets the model emit whitespace anywhere can run past it (small models do).
+            log.warning(
+                "the reflector server (%s) stopped a schema-constrained answer at max_tokens=%d, so it will not "
+                "parse: its JSON grammar allows free whitespace. Start vLLM with --structured-outputs-config "
+                "'{\"backend\": \"guidance\", \"disable_any_whitespace\": true}' (docs/reflector-server.md)",
+                self.url, max_tokens)
 
     def __call__(self, conversations: Sequence[Messages], schemas: Sequence[dict | None] | None = None) -> list[str]:
         """One request per conversation, up to ``concurrency`` at a time; answers in order."""
