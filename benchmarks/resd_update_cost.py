@@ -10,8 +10,8 @@ reflections that parsed, the curations that validated and the playbook's size, a
 
     python benchmarks/resd_update_cost.py [--batches 4] [--arms sdpo,resd,resd-free] [--json out.json]
 
-Arms: ``sdpo``, ``resd`` (reflector output under JSON schemas: ``resd.reflector.constrained=true``)
-and ``resd-free`` (free text and the tolerant parsers: ``constrained=false``).
+Arms: ``sdpo``, ``resd`` (the efficacy arm ``resd-constrained``: reflector output under JSON schemas)
+and ``resd-free`` (the efficacy arm ``resd``: free text and the tolerant parsers).
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ from pathlib import Path
 import yaml
 
 HERE = Path(__file__).resolve().parent
-ARMS = {"sdpo": ("sdpo", []), "resd": ("resd", ["resd.reflector.constrained=true"]),
-        "resd-free": ("resd", ["resd.reflector.constrained=false"])}
+ARMS = {"sdpo": ("sdpo", []), "resd": ("resd-constrained", []), "resd-free": ("resd", [])}
 
 
 def efficacy_config(method: str) -> dict:
@@ -44,6 +43,7 @@ def efficacy_config(method: str) -> dict:
 def run_arm(arm: str, batches: int, seed: int, work: Path) -> dict:
     method, overrides = ARMS[arm]
     config = efficacy_config(method)
+    algorithm = config["algorithm"]
     path = work / f"{arm}.yaml"
     path.write_text(yaml.safe_dump(config))
     run_dir = work / arm
@@ -65,7 +65,7 @@ def run_arm(arm: str, batches: int, seed: int, work: Path) -> dict:
     out = {"arm": arm, "updates": len(timed), "wall_s": round(wall, 1), "step_s": mean("time/step_s"),
            "rollout_s": mean("time/rollout_s"), "context_update_s": mean("time/context_update_s"),
            "update_s": mean("time/update_s")}
-    if method == "resd":
+    if algorithm == "resd":
         reflections = sum(r.get("reflection/count", 0) for r in steps)
         failures = sum(r.get("parse/reflector_failures", 0) for r in steps)
         curations = [json.loads(x) for x in (run_dir / "curation.jsonl").read_text().splitlines() if x.strip()] \
