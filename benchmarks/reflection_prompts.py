@@ -35,6 +35,8 @@ def main() -> None:
     parser.add_argument("--constrained", default="off", help="off, on, or off,on (both, compared)")
     parser.add_argument("--chars-per-token", type=float, default=3.0,
                         help="constrained: JSON characters per token of the budget (resd.reflector.schema_chars_per_token)")
+    parser.add_argument("--curator-min-operations", type=int, default=0,
+                        help="constrained: operations each curation must propose (resd.curator_min_operations)")
     parser.add_argument("--model", default="embedded", help="embedded (the measurement) or tiny (a smoke check)")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
@@ -104,7 +106,8 @@ def main() -> None:
                                                reflector_template=prompt_set.reflector,
                                                success_reflector_template=prompt_set.success_reflector,
                                                curator_template=prompt_set.curator, constrained=constrained,
-                                               output_chars=max(1, int(int(budget) * args.chars_per_token))))
+                                               output_chars=max(1, int(int(budget) * args.chars_per_token)),
+                                               curator_min_operations=args.curator_min_operations))
         reflected = reflector_failures = curations = curator_valid = proposed = added = 0
         examples: list[str] = []
         started = time.perf_counter()

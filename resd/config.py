@@ -406,6 +406,11 @@ class ResdConfig(Section):
         "default", description="reflector/curator templates; 'compact': short JSON, used keys first (small policies)"
     )
     max_section_chars: int | None = Field(8000, ge=100, description="cap on each long section of the teacher prompt")
+    curator_min_operations: int = Field(
+        0, ge=0, le=3, description="constrained output only: the curator must propose at least this many playbook "
+        "operations (0: as the reference, an empty list is allowed; under a schema a small policy tends to answer "
+        "with one, so its playbook stays empty)"
+    )
     success_rate_weighting: bool = Field(
         False, description="reweight sequences by the batch success rate s: successes by (1 - s)^alpha, failures "
         "by s^beta, scaled to mean 1 (RESD, App. B)"

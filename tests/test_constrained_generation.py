@@ -103,6 +103,23 @@ def test_every_constrained_answer_parses_and_fits(tiny, prompt_set, playbook_mod
     assert metrics["tags/unknown_id"] == 0 and metrics["tags/invalid"] == 0
 
 
+def test_a_minimum_of_curator_operations_is_kept_by_construction(tiny):
+    """resd.curator_min_operations=1: every curation proposes an operation, so the playbook grows."""
+    prompts = PROMPT_SETS["default"]
+    updater = ContextUpdater(UpdaterConfig(concise_frequency=None, max_bullets=12, reflector_template=prompts.reflector,
+                                           success_reflector_template=prompts.success_reflector,
+                                           curator_template=prompts.curator, constrained=True, output_chars=300,
+                                           curator_min_operations=1, dedup_threshold=None))
+    generate, recording = text_generator(tiny)
+    _, metrics = updater.update(failures(6), generate)
+    curations = updater.last_curations
+    assert len(curations) == 3 and all(c["ok"] and len(c["operations"]) >= 1 for c in curations)
+    assert metrics["playbook/added"] >= 3 and metrics["playbook/size"] >= 3
+    curator_schemas = [s for s in recording.schemas if "operations" in s["properties"]]
+    assert curator_schemas and all(s["properties"]["operations"]["minItems"] == 1 for s in curator_schemas)
+    assert not conforms({"reasoning": "", "operations": []}, curator_schemas[0])
+
+
 def test_budget_is_sized_from_the_schema_and_smaller_than_the_free_limit(tiny):
     """A small output budget: the schemas' strings shrink, the token limit is the schema's bound."""
     generate, recording = text_generator(tiny, budget=2000)
@@ -196,3 +213,14 @@ def test_resd_trains_with_a_second_local_model_as_reflector(tiny_config, tmp_pat
     assert step["parse/reflector_failures"] == 0 and step["parse/curator_failures"] == 0
     curations = [json.loads(x) for x in trainer.run.curation.read_text().splitlines()]
     assert curations and all(c["ok"] for c in curations)
+
+
+def test_curator_min_operations_comes_from_the_config():
+    from resd.algorithms.resd import updater_config
+    from resd.config import ConfigError, load_config
+
+    assert updater_config(load_config("smoke", overrides=["algorithm=resd"])).curator_min_operations == 0
+    config = load_config("smoke", overrides=["algorithm=resd", "resd.curator_min_operations=2"])
+    assert updater_config(config).curator_min_operations == 2
+    with pytest.raises(ConfigError, match="curator_min_operations"):
+        load_config("smoke", overrides=["resd.curator_min_operations=4"])

@@ -60,6 +60,7 @@ def updater_config(config: Config) -> UpdaterConfig:
         curator_template=prompts.curator,
         max_response_chars=r.reflector.max_response_chars,
         output_chars=max(1, int(r.reflector.max_new_tokens * r.reflector.schema_chars_per_token)),
+        curator_min_operations=r.curator_min_operations,
     )
 
 

@@ -97,10 +97,12 @@ def reflection_schema(bullet_ids: Sequence[str], fields: Sequence[str], text_cha
 
 
 def curator_schema(bullet_ids: Sequence[str], sections: Sequence[str], text_chars: int,
-                   max_operations: int = MAX_OPERATIONS, keys: Sequence[str] = CURATOR_KEYS) -> dict[str, Any]:
-    """A curator answer: ``reasoning`` and ``operations`` (in the order of ``keys``). ADD names one of
-    ``sections``; UPDATE, DELETE and MERGE name existing ``bullet_ids`` (offered only when there are
-    any, MERGE only with two or more)."""
+                   max_operations: int = MAX_OPERATIONS, keys: Sequence[str] = CURATOR_KEYS,
+                   min_operations: int = 0) -> dict[str, Any]:
+    """A curator answer: ``reasoning`` and ``operations`` (in the order of ``keys``; between
+    ``min_operations`` and ``max_operations`` of them). ADD names one of ``sections``; UPDATE,
+    DELETE and MERGE name existing ``bullet_ids`` (offered only when there are any, MERGE only with
+    two or more)."""
     ids = list(dict.fromkeys(bullet_ids))
     text = text_schema(text_chars)
     id_enum = {"type": "string", "enum": ids}
@@ -115,6 +117,8 @@ def curator_schema(bullet_ids: Sequence[str], sections: Sequence[str], text_char
     assert {v["properties"]["type"]["const"] for v in variants} <= set(OPERATION_KEYS)
     operations = {"type": "array", "items": variants[0] if len(variants) == 1 else {"anyOf": variants},
                   "maxItems": max(0, max_operations)}
+    if min_operations > 0:
+        operations["minItems"] = min(min_operations, operations["maxItems"])
     order = [k for k in keys if k in CURATOR_KEYS] or list(CURATOR_KEYS)
     order += [k for k in CURATOR_KEYS if k not in order]
     return _object({k: operations if k == "operations" else text for k in order})
@@ -185,10 +189,10 @@ def reflection_schema_for(playbook: Playbook, template: str, budget_chars: int) 
     return reflection_schema(ids, fields, chars, tags)
 
 
-def curator_schema_for(playbook: Playbook, template: str, budget_chars: int) -> dict[str, Any]:
+def curator_schema_for(playbook: Playbook, template: str, budget_chars: int, min_operations: int = 0) -> dict[str, Any]:
     """The curator schema for ``playbook`` and ``template``: as many operations (up to
     :data:`MAX_OPERATIONS`) as leave each lesson at least :data:`MIN_LESSON_CHARS` characters, with
-    string lengths sized so that the whole answer fits the budget."""
+    string lengths sized so that the whole answer fits the budget; at least ``min_operations``."""
     ids = [b.id for b in playbook.bullets()]
     sections = playbook_sections(playbook)
     keys = template_key_order(template, CURATOR_KEYS)
@@ -197,7 +201,7 @@ def curator_schema_for(playbook: Playbook, template: str, budget_chars: int) -> 
                                        budget_chars) < MIN_LESSON_CHARS:
         n_ops -= 1
     chars = fit_text_chars(lambda c: curator_schema(ids, sections, c, n_ops, keys), budget_chars)
-    return curator_schema(ids, sections, chars, n_ops, keys)
+    return curator_schema(ids, sections, chars, n_ops, keys, min_operations)
 
 
 def _full_match(pattern: str, value: str) -> bool:

@@ -52,6 +52,8 @@ class UpdaterConfig:
     constrained: bool = False
     #: the character budget a schema's answer is sized to (:mod:`resd.context.output_schema`)
     output_chars: int = 1536
+    #: constrained: operations a curator answer must hold at least (config key resd.curator_min_operations)
+    curator_min_operations: int = 0
 
 
 @dataclasses.dataclass
@@ -120,7 +122,7 @@ class ContextUpdater:
         if not self.config.constrained:
             return None
         return curator_schema_for(self.store.get(item.example_id), self.config.curator_template,
-                                  self.config.output_chars)
+                                  self.config.output_chars, self.config.curator_min_operations)
 
     def _generate(self, generate: TextGenerate,
                   requests: list[tuple[list[dict[str, str]], dict[str, Any] | None]]) -> list[str]:
