@@ -88,8 +88,8 @@ def train_overrides(policy: str, steps: int, url: str, served: str, constrained:
     """``resd train`` arguments of a short RESD run whose reflector is the server."""
     common = ["algorithm=resd", "resd.reflector.backend=http", f"resd.reflector.url={url}",
               f"resd.reflector.model={served}", f"resd.reflector.constrained={constrained}",
-              "resd.reflector.temperature=0.7", f"logging.run_dir={run_dir}", "logging.progress=false",
-              "logging.save_final=false"]
+              "resd.reflector.temperature=0.7", "resd.curator_min_operations=1", f"logging.run_dir={run_dir}",
+              "logging.progress=false", "logging.save_final=false"]
     if policy == "tiny":
         return ["--preset", "smoke", *common, f"train.steps={steps}", "stream.enabled=false",
                 "resd.reflector.max_new_tokens=96"]
