@@ -149,12 +149,10 @@ def _eval(args: argparse.Namespace) -> int:
     if run_dir is not None and config.logging.report_to:  # the run's trackers (a W&B run continues by its id)
         from resd.trainer.run_logger import RunLogger
 
-        lc = config.logging
-        logger = RunLogger(RunDir(run_dir), config.to_dict(), lc.report_to, project=lc.project,
-                           name=lc.run_name or Path(run_dir).name, group=lc.group, tags=lc.tags)
+        logger = RunLogger.for_run(RunDir(run_dir), config)
         try:
             logger.log_eval(RunDir.eval_name(config.data.env, split, None, k), result.summary, step,
-                            result.records[: max(lc.samples_per_step, 1)])
+                            result.records[: max(config.logging.samples_per_step, 1)])
         finally:
             logger.close()
     return 0

@@ -434,6 +434,24 @@ class DistConfig(Section):
 TRACKERS = ("wandb", "tensorboard", "trackio")
 
 
+def normalize_trackers(value: Any) -> list[str]:
+    """``logging.report_to`` as a list of known tracker names, each once: a name or a list of names;
+    None, [] or 'none' for none. Raises ValueError naming the unknown ones."""
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(x, str) for x in items):
+        raise ValueError(f"logging.report_to must be a tracker name or a list of them ({', '.join(TRACKERS)})")
+    names = [x.strip().lower() for x in items]
+    if names == ["none"]:
+        return []
+    unknown = [x for x in names if x not in TRACKERS]
+    if unknown:
+        raise ValueError(f"unknown tracker(s) {', '.join(map(repr, unknown))}; known: {', '.join(TRACKERS)}, or "
+                         "'none'" + (" ('all': name the trackers)" if "all" in unknown else ""))
+    return list(dict.fromkeys(names))
+
+
 class LoggingConfig(Section):
     """Where a run writes (its directory), what it prints, and the experiment trackers it reports to."""
 
@@ -467,9 +485,7 @@ class LoggingConfig(Section):
         import warnings
 
         data = dict(data)
-        report_to = data.get("report_to") or []
-        report_to = ([] if report_to.strip().lower() == "none" else [report_to]) if isinstance(report_to, str) \
-            else list(report_to)
+        report_to = normalize_trackers(data.get("report_to"))
         for name in TRACKERS:
             if name not in data:
                 continue
@@ -487,19 +503,7 @@ class LoggingConfig(Section):
     @field_validator("report_to", mode="before")
     @classmethod
     def _known_trackers(cls, value: Any) -> list[str]:
-        if value is None:
-            return []
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)) or not all(isinstance(x, str) for x in items):
-            raise ValueError(f"logging.report_to must be a tracker name or a list of them ({', '.join(TRACKERS)})")
-        names = [x.strip().lower() for x in items]
-        if names == ["none"]:
-            return []
-        unknown = [x for x in names if x not in TRACKERS]
-        if unknown:
-            raise ValueError(f"unknown tracker(s) {', '.join(map(repr, unknown))}; "
-                             f"known: {', '.join(TRACKERS)}, or 'none'")
-        return list(dict.fromkeys(names))
+        return normalize_trackers(value)
 
 
 class Config(Section):

@@ -93,17 +93,12 @@ def _beta(index: int) -> TrlName:
 
 
 def _report_to(value: Any, _get: Lookup) -> dict[str, Any]:
-    from resd.config import TRACKERS
+    from resd.config import normalize_trackers
 
-    names = [value] if isinstance(value, str) else value
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise NoEquivalent(f"report_to should be a name or a list of names, got {value!r}")
-    names = [] if [n.lower() for n in names] == ["none"] else names
-    unknown = [n for n in names if n.lower() not in TRACKERS]
-    if unknown:
-        raise NoEquivalent(f"resd reports to {', '.join(TRACKERS)} only, not {', '.join(unknown)}"
-                           + (" ('all': name the trackers)" if "all" in unknown else ""))
-    return {"logging.report_to": names}
+    try:
+        return {"logging.report_to": normalize_trackers(value)}
+    except ValueError as e:
+        raise NoEquivalent(str(e)) from None
 
 
 def _distillation_weight(value: Any, _get: Lookup) -> dict[str, Any]:

@@ -72,14 +72,27 @@ class RunDir:
         split = _UNSAFE.sub("_", split).strip("_") or "split"
         return f"{env}-{split}" + (f"-step{step}" if step is not None else "") + f"-k{k}"
 
-    def read_best(self) -> dict[str, Any] | None:
+    def load_best(self) -> dict[str, Any] | None:
         """``best.json`` with both names of the metric, also for files written before ``best_metric`` was
-        (those have only ``metric``, the summary key with ``@k``). None when there is none or it is unreadable."""
-        try:
-            data = json.loads(self.best.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        (those have only ``metric``, the summary key with ``@k``); None when there is none. Raises
+        ValueError naming the file when it cannot be read or names no step."""
+        if not self.best.is_file():
             return None
-        return normalize_best(data) if isinstance(data, dict) else None
+        try:
+            data = json.loads(self.best.read_text(encoding="utf-8", errors="replace"))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{self.best}: unreadable ({e})") from None
+        step = data.get("step") if isinstance(data, dict) else None
+        if isinstance(step, bool) or not isinstance(step, int | float) or not float(step).is_integer():
+            raise ValueError(f"{self.best}: unreadable (no step)")
+        return normalize_best({**data, "step": int(step)})
+
+    def read_best(self) -> dict[str, Any] | None:
+        """:meth:`load_best`, or None when the file is unreadable."""
+        try:
+            return self.load_best()
+        except ValueError:
+            return None
 
     def tracker_id(self, tracker: str) -> str | None:
         """The run id a tracker (``wandb``) was given in this run directory, if any."""
@@ -131,13 +144,13 @@ class RunDir:
         if which == "latest":
             path = latest_valid(self.checkpoints)
         elif which == "best":
-            if not self.best.is_file():
-                raise CheckpointError(f"{self.root} has no best.json (no validation ran)")
             try:
-                step = int(json.loads(self.best.read_text(encoding="utf-8"))["step"])
-            except (ValueError, KeyError, TypeError) as e:
-                raise CheckpointError(f"{self.best}: unreadable ({e})") from None
-            path = self.checkpoints / self.step_name(step)
+                best = self.load_best()
+            except ValueError as e:
+                raise CheckpointError(str(e)) from None
+            if best is None:
+                raise CheckpointError(f"{self.root} has no best.json (no validation ran)")
+            path = self.checkpoints / self.step_name(best["step"])
         else:
             try:
                 path = self.checkpoints / self.step_name(int(which))

@@ -74,3 +74,33 @@ def test_head_input_is_made_contiguous_once_and_changes_nothing():
         after = model(ids, logits_to_keep=1).logits
     assert seen == [True]
     torch.testing.assert_close(after, before, rtol=0, atol=0)
+
+
+def test_a_shared_prompt_prefix_is_computed_once_and_changes_no_sample(tokenizer):
+    """Prompts sharing a long prefix (RESD's reflector prompts) reuse one prefix KV cache: the samples
+    and log-probs are those of generation without it, one forward covers the prefix, and each row's
+    own tokens are all that the batched prefill computes."""
+    from resd.rollout.hf import PREFIX_CACHE_MIN_TOKENS, shared_prefix_length
+
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2  # every prompt keeps a token of its own
+    assert shared_prefix_length([[7], [7, 8]]) == 0 and shared_prefix_length([]) == 0
+    model = build_tiny_model(len(tokenizer), seed=4)
+    instructions = " ".join(f"rule {i}: check the carry." for i in range(30))
+    prompts = [chat_prompt_ids(tokenizer, [{"role": "user", "content": f"{instructions} Problem {q}"}])[0]
+               for q in ("12 * 34", "5 * 6 and more words here", "7")]
+    assert shared_prefix_length(prompts) >= PREFIX_CACHE_MIN_TOKENS
+    sampling = SamplingParams(1.0, 1.0, 0, 10)
+    widths = []
+    model.register_forward_hook(lambda _m, args, kwargs, _out: widths.append(kwargs["input_ids"].shape), with_kwargs=True)
+    cached = HFGenerator(model, tokenizer, batch_size=8).generate(prompts, 2, sampling, [5, 6, 7])
+    prefix = shared_prefix_length(prompts)
+    assert widths[0] == (1, prefix)  # the prefix, once
+    assert widths[1] == (6, max(len(p) for p in prompts) - prefix)  # then only the rows' own tokens
+    widths.clear()
+    plain = HFGenerator(model, tokenizer, batch_size=8, prefix_cache=False).generate(prompts, 2, sampling, [5, 6, 7])
+    assert widths[0] == (6, max(len(p) for p in prompts))
+    assert [r.response_ids for r in cached] == [r.response_ids for r in plain]
+    assert any(len(r.response_ids) > 3 for r in cached)
+    for a, b in zip(cached, plain, strict=True):
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4, rtol=1e-4)

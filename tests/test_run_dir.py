@@ -42,3 +42,20 @@ def test_playbook_snapshots_in_step_order(tmp_path):
     for name in ("step-000010.txt", "step-000002.txt", "notes.txt", "step-x.txt"):
         (run.playbook_dir / name).write_text("")
     assert list(run.playbook_snapshots()) == [2, 10]
+
+
+@pytest.mark.parametrize("content", ['{"step": "two"}', '{"step": true}', '{"step": 1.5}', "[2]", '{"metric": "x"}'])
+def test_a_best_file_without_a_step_is_named_by_every_reader(tmp_path, content):
+    """RunDir owns best.json: checkpoint('best') raises, read_best gives None, the report warns."""
+    from resd.report.loading import load_run
+
+    run = RunDir(tmp_path)
+    run.best.write_text(content)
+    with pytest.raises(CheckpointError, match="best.json: unreadable"):
+        run.checkpoint("best")
+    assert run.read_best() is None
+    data = load_run(tmp_path)
+    assert data.best is None and "best.json: unreadable (no step)" in data.warnings
+    run.best.write_text('{"step": 4.0, "metric": "task/mean@2", "value": 0.5}')
+    assert run.load_best() == {"step": 4, "metric": "task/mean@2", "best_metric": "task/mean", "k": 2, "value": 0.5}
+    assert load_run(tmp_path).best["step"] == 4

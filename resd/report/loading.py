@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from resd.run_dir import RunDir, normalize_best
+from resd.run_dir import RunDir
 
 _STEP_FILE = re.compile(r"^step-(\d+)$")
 
@@ -218,18 +218,12 @@ def read_evals(folder: Path, warnings: list[str]) -> list[EvalSummary]:
     return sorted(found, key=lambda e: (e.step is None, e.step or 0, e.name))
 
 
-def read_best(path: Path, warnings: list[str]) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
+def read_best(run: RunDir, warnings: list[str]) -> dict[str, Any] | None:
     try:
-        data = json.loads(path.read_text(encoding="utf-8", errors="replace"))
-    except (ValueError, OSError):
-        warnings.append("best.json cannot be parsed")
+        return run.load_best()
+    except ValueError as e:
+        warnings.append(str(e).replace(f"{run.best}: ", "best.json: "))
         return None
-    if not isinstance(data, dict) or _step_of(data.get("step")) is None:
-        warnings.append("best.json has no step")
-        return None
-    return normalize_best(data)
 
 
 def load_run(path: str | Path) -> RunData:
@@ -250,7 +244,7 @@ def load_run(path: str | Path) -> RunData:
         samples=samples,
         playbooks=read_playbooks(run.playbook_dir, warnings),
         evals=read_evals(run.eval_dir, warnings),
-        best=read_best(run.best, warnings),
+        best=read_best(run, warnings),
         checkpoints=checkpoints,
         warnings=warnings,
     )

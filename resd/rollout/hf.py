@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import DynamicCache, GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers.generation.configuration_utils import CompileConfig
 
 from resd.rollout.base import Rollout, SamplingParams, sequence_seeds
@@ -59,6 +59,21 @@ class _SeededSampler(LogitsProcessor):
         return out.scatter_(1, self._marked, 0.0)
 
 
+#: a shared prompt prefix shorter than this is recomputed in every row (a separate forward costs more)
+PREFIX_CACHE_MIN_TOKENS = 64
+
+
+def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
+    """The number of leading tokens all ``prompts`` share, leaving every prompt at least one token of its own."""
+    if not prompts:
+        return 0
+    first, shortest = prompts[0], min(len(p) for p in prompts)
+    n = 0
+    while n < shortest - 1 and all(p[n] == first[n] for p in prompts):
+        n += 1
+    return n
+
+
 class HFGenerator:
     """Batched sampling with ``model.generate`` on the trainer's own module (weights are shared).
 
@@ -74,12 +89,16 @@ class HFGenerator:
             the prompt + max_new_tokens, see ``benchmarks/generation_speed.py`` for when it pays).
         compile_decode: let ``generate`` ``torch.compile`` the decode step (needs the static
             cache; on any device).
+        prefix_cache: when the prompts of a chunk share their first ``PREFIX_CACHE_MIN_TOKENS`` or
+            more tokens (RESD's reflector and curator prompts: the same instructions), compute that
+            prefix once and give every row a copy of its KV cache (with the dynamic cache only).
     """
 
     def __init__(self, model, tokenizer, batch_size: int = 8, stop_token_ids: Sequence[int] = (),
                  record_logprobs: bool = True, cache_implementation: str | None = None,
-                 compile_decode: bool = False) -> None:
+                 compile_decode: bool = False, prefix_cache: bool = True) -> None:
         self.model = model
+        self.prefix_cache = prefix_cache
         self.record_logprobs = record_logprobs
         self.cache_implementation = cache_implementation
         self.compile_decode = compile_decode
@@ -123,12 +142,28 @@ class HFGenerator:
                         row_seeds: list[int] | None = None,
                         schemas: list[dict | None] | None = None) -> list[Rollout]:
         device = next(self.model.parameters()).device
-        width = max(len(ids) for _, ids in jobs)
+        prefix = 0
+        if self.prefix_cache and self.cache_implementation is None and len(jobs) > 1:
+            prefix = shared_prefix_length([ids for _, ids in jobs])
+            prefix = prefix if prefix >= PREFIX_CACHE_MIN_TOKENS else 0
+        # [shared prefix | left padding | each row's own tokens]: the padding sits after the prefix, and
+        # positions count attended tokens only, so every token keeps the position it has unpadded
+        width = prefix + max(len(ids) - prefix for _, ids in jobs)
         input_ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)
         attention = torch.zeros((len(jobs), width), dtype=torch.long)
-        for row, (_, ids) in enumerate(jobs):  # left padding
-            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-            attention[row, width - len(ids) :] = 1
+        for row, (_, ids) in enumerate(jobs):
+            own = ids[prefix:]
+            input_ids[row, :prefix] = torch.tensor(ids[:prefix], dtype=torch.long)
+            input_ids[row, width - len(own) :] = torch.tensor(own, dtype=torch.long)
+            attention[row, :prefix] = 1
+            attention[row, width - len(own) :] = 1
+        cache_kwargs = {}
+        if prefix:
+            cache = DynamicCache(config=self.model.config)
+            keep = {"logits_to_keep": 1} if getattr(self.model, "_supports_logits_to_keep", lambda: False)() else {}
+            self.model(input_ids=input_ids[:1, :prefix].to(device), cache=cache, use_cache=True, **keep)
+            cache.batch_repeat_interleave(len(jobs))
+            cache_kwargs["cache"] = cache
         compile_config = None
         if self.compile_decode:
             compile_config = CompileConfig(mode="default")
@@ -154,6 +189,7 @@ class HFGenerator:
             attention_mask=attention.to(device),
             generation_config=config,
             logits_processor=LogitsProcessorList(processors),
+            **cache_kwargs,
         ).cpu()
         generated = sequences[:, width:]
         logprobs = None

@@ -160,7 +160,6 @@ class JsonSchemaLogitsProcessor(LogitsProcessor):
         self.stop_ids = list(stop_ids)
         self.matchers: list[Any] | None = None
         self.bitmask: torch.Tensor | None = None
-        self.failed = [False] * len(self.schemas)
 
     def _start(self, vocab_size: int) -> None:
         from llguidance import LLMatcher
@@ -190,8 +189,7 @@ class JsonSchemaLogitsProcessor(LogitsProcessor):
             for row, token in enumerate(input_ids[:, -1].tolist()):
                 matcher = self.matchers[row]
                 if matcher is not None and not matcher.is_stopped() and not matcher.is_error():
-                    if not matcher.consume_token(int(token)):
-                        self.failed[row] = True
+                    matcher.consume_token(int(token))  # a refused token puts the matcher in its error state
         rows = [i for i, m in enumerate(self.matchers) if m is not None]
         if not rows:
             return scores

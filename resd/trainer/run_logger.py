@@ -182,6 +182,14 @@ class RunLogger:
         for tracker in report_to if enabled else ():
             self.trackers.append(self._make(tracker, config, project, name, group, tags))
 
+    @classmethod
+    def for_run(cls, run: RunDir, config, enabled: bool = True) -> RunLogger:
+        """The logger of a run with ``config`` (a :class:`resd.config.Config`): its ``logging`` section's
+        trackers, project, run name (default: the run directory's name), group and tags."""
+        lc = config.logging
+        return cls(run, config.to_dict(), lc.report_to, project=lc.project, name=lc.run_name, group=lc.group,
+                   tags=lc.tags, enabled=enabled)
+
     def _make(self, tracker: str, config: dict[str, Any], project: str, name: str, group: str | None,
               tags: Sequence[str]) -> Tracker:
         try:

@@ -89,10 +89,7 @@ class Trainer:
         self._last_val_step = -1
         self.elapsed = 0.0
         self.stop_requested = False
-        lc = cfg.logging
-        self.logger = RunLogger(self.run, cfg.to_dict(), lc.report_to, project=lc.project,
-                                name=lc.run_name or self.run.root.name, group=lc.group, tags=lc.tags,
-                                enabled=self.dist.is_main)
+        self.logger = RunLogger.for_run(self.run, cfg, enabled=self.dist.is_main)
 
     # ------------------------------------------------------------------ what the parts hold
     @property
