@@ -37,6 +37,8 @@ def main() -> None:
                         help="constrained: JSON characters per token of the budget (resd.reflector.schema_chars_per_token)")
     parser.add_argument("--curator-min-operations", type=int, default=0,
                         help="constrained: operations each curation must propose (resd.curator_min_operations)")
+    parser.add_argument("--no-prefix-cache", action="store_true",
+                        help="recompute the prompts' shared prefix in every row (HFGenerator(prefix_cache=False))")
     parser.add_argument("--model", default="embedded", help="embedded (the measurement) or tiny (a smoke check)")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
@@ -55,7 +57,7 @@ def main() -> None:
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model, "fp32" if args.model == "tiny" else "bf16", tokenizer)
     model.requires_grad_(False)
-    generator = HFGenerator(model, tokenizer, batch_size=8, record_logprobs=False)
+    generator = HFGenerator(model, tokenizer, batch_size=8, record_logprobs=False, prefix_cache=not args.no_prefix_cache)
     # the efficacy benchmark's task (benchmarks/efficacy/configs/arithmetic.yaml)
     env = load_env("arithmetic", op="mul", digits=[2, 2], n_train=512, n_test=64, feedback="answer", instruction="answer")
     rows = env.load_split("train")[: args.problems]
