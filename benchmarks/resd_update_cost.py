@@ -29,7 +29,8 @@ from pathlib import Path
 import yaml
 
 HERE = Path(__file__).resolve().parent
-ARMS = {"sdpo": ("sdpo", []), "resd": ("resd-constrained", []), "resd-free": ("resd", [])}
+#: arm -> the efficacy benchmark's method whose configuration it runs
+ARMS = {"sdpo": "sdpo", "resd": "resd-constrained", "resd-free": "resd"}
 
 
 def efficacy_config(method: str) -> dict:
@@ -41,15 +42,14 @@ def efficacy_config(method: str) -> dict:
 
 
 def run_arm(arm: str, batches: int, seed: int, work: Path) -> dict:
-    method, overrides = ARMS[arm]
-    config = efficacy_config(method)
+    config = efficacy_config(ARMS[arm])
     algorithm = config["algorithm"]
     path = work / f"{arm}.yaml"
     path.write_text(yaml.safe_dump(config))
     run_dir = work / arm
     command = [sys.executable, "-m", "resd.cli", "train", "--config", str(path), f"seed={seed}",
                f"stream.num_batches={batches}", "eval.before_train=false", "eval.every_rollouts=0",
-               "logging.save_final=false", "logging.progress=false", f"logging.run_dir={run_dir}", *overrides]
+               "logging.save_final=false", "logging.progress=false", f"logging.run_dir={run_dir}"]
     print(" ".join(command), flush=True)
     start = time.perf_counter()
     subprocess.run(command, check=True)

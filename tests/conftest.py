@@ -10,6 +10,23 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture(scope="session")
+def run_cli():
+    """``run_cli(*argv)``: ``resd *argv`` in this process; asserts exit status 0 and returns what it printed."""
+    import contextlib
+    import io
+
+    from resd.cli import main
+
+    def run(*argv: str) -> str:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert main(list(argv)) == 0
+        return out.getvalue()
+
+    return run
+
+
+@pytest.fixture(scope="session")
 def tokenizer():
     from resd.models import load_tokenizer
 

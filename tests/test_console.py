@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 import subprocess
@@ -21,20 +19,11 @@ SMOKE = ["logging.progress=false", "logging.log_every=1", "train.steps=2", "eval
          "eval.every_steps=2", "eval.k=2", "data.val_limit=3"]
 
 
-def _cli(*argv: str) -> str:
-    from resd.cli import main
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main(list(argv)) == 0
-    return out.getvalue()
-
-
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
+def smoke(tmp_path_factory, run_cli):
     """One ``resd train --preset smoke`` run (2 steps, validation before and after), its console and directory."""
     run_dir = tmp_path_factory.mktemp("console") / "run"
-    text = _cli("train", "--preset", "smoke", f"logging.run_dir={run_dir}", *SMOKE)
+    text = run_cli("train", "--preset", "smoke", f"logging.run_dir={run_dir}", *SMOKE)
     return text, run_dir
 
 
@@ -144,7 +133,7 @@ def test_closing_summary_ends_the_output(smoke):
     assert "run directory:" not in text  # said once, by the summaries
 
 
-def test_eval_of_best_and_latest_writes_separate_files_with_their_provenance(smoke):
+def test_eval_of_best_and_latest_writes_separate_files_with_their_provenance(smoke, run_cli):
     _, run_dir = smoke
     best = json.loads((run_dir / "best.json").read_text())
     assert best["best_metric"] == "task/mean" and best["metric"] == "task/mean@2" and best["k"] == 2
@@ -154,7 +143,7 @@ def test_eval_of_best_and_latest_writes_separate_files_with_their_provenance(smo
     printed = {}
     try:
         for which in ("best", "latest"):
-            printed[which] = _cli("eval", "--run", str(run_dir), "--step", which, "--limit", "2", "--k", "2",
+            printed[which] = run_cli("eval", "--run", str(run_dir), "--step", which, "--limit", "2", "--k", "2",
                                   "logging.progress=false")
     finally:
         (run_dir / "best.json").write_text(saved)

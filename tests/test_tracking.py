@@ -7,9 +7,7 @@ installed (W&B in offline mode, no network); the recorder below stands in for ``
 
 from __future__ import annotations
 
-import contextlib
 import importlib.machinery
-import io
 import json
 import sys
 import types
@@ -24,15 +22,6 @@ from resd.trainer.run_logger import RunLogger
 
 TRAIN = ["logging.progress=false", "train.steps=1", "eval.before_train=true", "eval.k=1", "data.val_limit=2",
          "rollout.max_new_tokens=8", "logging.samples_per_step=2", "logging.save_every=1"]
-
-
-def _cli(*argv: str) -> str:
-    from resd.cli import main
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main(list(argv)) == 0
-    return out.getvalue()
 
 
 # ------------------------------------------------------------------------------------------ configuration
@@ -130,7 +119,7 @@ class _Recorder:
         return mod
 
 
-def test_wandb_run_id_is_stored_and_reused_on_resume_with_tables_and_eval_results(tmp_path, monkeypatch):
+def test_wandb_run_id_is_stored_and_reused_on_resume_with_tables_and_eval_results(tmp_path, monkeypatch, run_cli):
     try:
         import wandb  # noqa: F401
         pytest.skip("wandb is installed: test_real_wandb_offline_resumes_the_same_run covers it")
@@ -139,7 +128,7 @@ def test_wandb_run_id_is_stored_and_reused_on_resume_with_tables_and_eval_result
     recorder = _Recorder()
     monkeypatch.setitem(sys.modules, "wandb", recorder.module())
     run_dir = tmp_path / "run"
-    _cli("train", "--preset", "smoke", f"logging.run_dir={run_dir}", *TRAIN, "logging.report_to=wandb",
+    run_cli("train", "--preset", "smoke", f"logging.run_dir={run_dir}", *TRAIN, "logging.report_to=wandb",
          "logging.group=seeds", "logging.tags=[smoke, test]")
     (first,) = recorder.inits
     run_id = RunDir(run_dir).tracker_id("wandb")
@@ -159,13 +148,13 @@ def test_wandb_run_id_is_stored_and_reused_on_resume_with_tables_and_eval_result
     assert recorder.finished == 1
 
     # a resumed run continues the same W&B run; the run name stays the run directory's
-    _cli("train", "--resume", str(run_dir), "train.steps=2")
+    run_cli("train", "--resume", str(run_dir), "train.steps=2")
     assert [i["id"] for i in recorder.inits] == [run_id, run_id] and recorder.inits[1]["resume"] == "allow"
     assert recorder.inits[1]["name"] == "run"
     assert {step for values, step in recorder.logs if "reward/mean" in values} == {1, 2}
 
     # resd eval --run sends its results to the same run, against the checkpoint's step
-    _cli("eval", "--run", str(run_dir), "--step", "latest", "--limit", "2", "--k", "1", "logging.progress=false")
+    run_cli("eval", "--run", str(run_dir), "--step", "latest", "--limit", "2", "--k", "1", "logging.progress=false")
     assert recorder.inits[-1]["id"] == run_id and len(recorder.inits) == 3
     assert (("eval/*",), {"step_metric": "eval/step"}) in recorder.defined
     record = recorder.logs[-1][0]
