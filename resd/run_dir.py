@@ -87,13 +87,6 @@ class RunDir:
             raise ValueError(f"{self.best}: unreadable (no step)")
         return normalize_best({**data, "step": int(step)})
 
-    def read_best(self) -> dict[str, Any] | None:
-        """:meth:`load_best`, or None when the file is unreadable."""
-        try:
-            return self.load_best()
-        except ValueError:
-            return None
-
     def tracker_id(self, tracker: str) -> str | None:
         """The run id a tracker (``wandb``) was given in this run directory, if any."""
         try:

@@ -177,7 +177,7 @@ def test_old_best_json_is_still_read(smoke, tmp_path):
     saved = run.best.read_text()
     try:
         run.best.write_text(json.dumps({"step": 2, "metric": "task/mean@2", "value": 0.0}))  # before best_metric
-        assert run.read_best() == {"step": 2, "metric": "task/mean@2", "best_metric": "task/mean", "k": 2,
+        assert run.load_best() == {"step": 2, "metric": "task/mean@2", "best_metric": "task/mean", "k": 2,
                                    "value": 0.0}
         assert run.checkpoint_step("best") == 2 and run.checkpoint_step("latest") == 2
     finally:

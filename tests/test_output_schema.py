@@ -249,6 +249,31 @@ def test_vllm_generator_sends_each_prompt_its_schema(fake_vllm):
     assert all(p.kwargs["max_tokens"] == 7 for p in engine.params)
 
 
+def test_vllm_engine_is_built_without_free_whitespace(fake_vllm, monkeypatch):
+    """vLLM 0.32 reads ``disable_any_whitespace`` from the engine config only, so the colocated engine
+    is built with it; a user's ``engine_kwargs`` still win, and an engine from before structured
+    outputs gets no such argument."""
+    from resd.rollout.vllm import VLLMGenerator
+
+    built = []
+
+    class LLM:
+        def __init__(self, model, **kwargs):
+            built.append(kwargs)
+
+    monkeypatch.setattr(sys.modules["vllm"], "LLM", LLM, raising=False)
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    tokenizer = SimpleNamespace(pad_token_id=0, eos_token_id=2)
+    VLLMGenerator(None, tokenizer, "unused", sleep_level=0)
+    assert built[-1]["structured_outputs_config"] == {"backend": "guidance", "disable_any_whitespace": True}
+    mine = {"backend": "xgrammar", "disable_any_whitespace": True}
+    VLLMGenerator(None, tokenizer, "unused", sleep_level=0, engine_kwargs={"structured_outputs_config": mine})
+    assert built[-1]["structured_outputs_config"] == mine
+    del fake_vllm.StructuredOutputsParams  # a release before 0.10.2
+    VLLMGenerator(None, tokenizer, "unused", sleep_level=0)
+    assert "structured_outputs_config" not in built[-1]
+
+
 @pytest.fixture()
 def chat_server():
     """A real local HTTP server speaking the chat-completions shape: it answers each request with the

@@ -46,14 +46,15 @@ def test_playbook_snapshots_in_step_order(tmp_path):
 
 @pytest.mark.parametrize("content", ['{"step": "two"}', '{"step": true}', '{"step": 1.5}', "[2]", '{"metric": "x"}'])
 def test_a_best_file_without_a_step_is_named_by_every_reader(tmp_path, content):
-    """RunDir owns best.json: checkpoint('best') raises, read_best gives None, the report warns."""
+    """RunDir owns best.json: checkpoint('best') and load_best raise naming the file, the report warns."""
     from resd.report.loading import load_run
 
     run = RunDir(tmp_path)
     run.best.write_text(content)
     with pytest.raises(CheckpointError, match="best.json: unreadable"):
         run.checkpoint("best")
-    assert run.read_best() is None
+    with pytest.raises(ValueError, match="best.json: unreadable"):
+        run.load_best()
     data = load_run(tmp_path)
     assert data.best is None and "best.json: unreadable (no step)" in data.warnings
     run.best.write_text('{"step": 4.0, "metric": "task/mean@2", "value": 0.5}')

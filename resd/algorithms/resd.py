@@ -69,10 +69,10 @@ def text_generator(config: Config, services: Services):
     answer is made once and shared by all ranks."""
     r = config.resd.reflector
     if r.backend == "policy":
-        return PolicyTextGenerator(services.generator, services.tokenizer, sampling_of(config), r.max_prompt_tokens,
-                                   config.model.chat_template_kwargs, seed_fn=lambda n: services.seeds("text", n),
-                                   dist=services.dist)
-    generate = _other_text_generator(config)
+        generate = PolicyTextGenerator(services.generator, services.tokenizer, sampling_of(config), r.max_prompt_tokens,
+                                       config.model.chat_template_kwargs, seed_fn=lambda n: services.seeds("text", n))
+    else:
+        generate = _other_text_generator(config)
     return SharedTextGenerator(generate, services.dist) if services.dist.enabled else generate
 
 

@@ -81,11 +81,32 @@ def openai_response_format(schema: dict[str, Any], name: str = "resd_answer") ->
     return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
 
 
+#: vLLM's engine-wide structured-output settings that resd's token budgets assume: a JSON grammar
+#: without free whitespace. vLLM 0.32's grammar backends read ``disable_any_whitespace`` from this
+#: engine config only (the per-request field is ignored); with its default (xgrammar, whitespace
+#: allowed) the 0.5B policy padded 5 of 8 reflections with spaces until ``max_tokens`` cut them
+#: (BENCHMARKS.md, "A reflector on a real vLLM server"). ``vllm serve`` takes the same as
+#: ``--structured-outputs-config``.
+VLLM_STRUCTURED_OUTPUTS_CONFIG: dict[str, Any] = {"backend": "guidance", "disable_any_whitespace": True}
+
+
+def vllm_engine_kwargs() -> dict[str, Any]:
+    """Keyword arguments of ``vllm.LLM`` for :data:`VLLM_STRUCTURED_OUTPUTS_CONFIG` (none before
+    vLLM 0.10.2, whose engine has no such config)."""
+    try:
+        from vllm.sampling_params import StructuredOutputsParams  # noqa: F401
+    except ImportError:
+        return {}
+    return {"structured_outputs_config": dict(VLLM_STRUCTURED_OUTPUTS_CONFIG)}
+
+
 def vllm_structured_kwargs(schema: dict[str, Any]) -> dict[str, Any]:
-    """Keyword arguments of ``vllm.SamplingParams`` that enforce ``schema`` without free whitespace.
+    """Keyword arguments of ``vllm.SamplingParams`` that enforce ``schema``.
 
     vLLM >= 0.10.2 takes ``structured_outputs=StructuredOutputsParams(json=...)``; older releases
-    ``guided_decoding=GuidedDecodingParams(json=...)``.
+    ``guided_decoding=GuidedDecodingParams(json=...)``. The request also asks for no free
+    whitespace, which releases that read it per request honour; the engine setting
+    (:data:`VLLM_STRUCTURED_OUTPUTS_CONFIG`) covers those that do not.
     """
     try:
         from vllm.sampling_params import StructuredOutputsParams as Params

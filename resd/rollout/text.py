@@ -54,9 +54,8 @@ class PolicyTextGenerator:
     """Generates with a rollout backend (``HFGenerator`` or any :class:`~resd.rollout.Generator`)."""
 
     def __init__(self, generator, tokenizer, sampling: SamplingParams, max_prompt_tokens: int | None = None,
-                 chat_template_kwargs: dict[str, Any] | None = None, seed_fn=None, dist=None) -> None:
+                 chat_template_kwargs: dict[str, Any] | None = None, seed_fn=None) -> None:
         self.generator = generator
-        self.dist = dist  # a resd.distributed.DistInfo: each rank writes its share, then all exchange
         self.seed_fn = seed_fn  # count -> per-conversation seeds (or None for the global RNG)
         self.tokenizer = tokenizer
         self.sampling = sampling
@@ -68,41 +67,44 @@ class PolicyTextGenerator:
         """How the rollout backend enforces schemas (:data:`resd.rollout.structured.Support`)."""
         return getattr(self.generator, "constraint_support", None)
 
-    def __call__(self, conversations: Sequence[Messages], schemas: Sequence[dict | None] | None = None) -> list[str]:
+    def draw_seeds(self, count: int) -> list[int] | None:
+        """One sampling seed per conversation of a call (None: the global RNG). Drawn for all
+        conversations before any sharing, so that an answer does not depend on the world size."""
+        return self.seed_fn(count) if self.seed_fn is not None else None
+
+    def __call__(self, conversations: Sequence[Messages], schemas: Sequence[dict | None] | None = None,
+                 seeds: Sequence[int] | None = None) -> list[str]:
+        """Answer each conversation (``seeds``: one per conversation, else :meth:`draw_seeds`)."""
         from resd.models import chat_prompt_ids
 
         if not conversations:
             return []
         if schemas is not None and len(schemas) != len(conversations):
             raise ValueError(f"got {len(schemas)} schemas for {len(conversations)} conversations")
-        seeds = self.seed_fn(len(conversations)) if self.seed_fn is not None else None
-        share = self.dist.share(len(conversations)) if self.dist is not None else slice(0, len(conversations))
+        if seeds is None:
+            seeds = self.draw_seeds(len(conversations))
+        elif len(seeds) != len(conversations):
+            raise ValueError(f"got {len(seeds)} seeds for {len(conversations)} conversations")
         # An over-long reflector/curator prompt keeps its end (the instructions and the generation
         # prompt) rather than crashing the run as the reference implementation does.
         prompts = [
             chat_prompt_ids(self.tokenizer, c, self.max_prompt_tokens, "left", self.chat_template_kwargs)[0]
-            for c in conversations[share]
+            for c in conversations
         ]
-        my_seeds = seeds[share] if seeds is not None else None
-        my_schemas = list(schemas[share]) if schemas is not None and any(s is not None for s in schemas) else None
+        constraints = list(schemas) if schemas is not None and any(s is not None for s in schemas) else None
         # Prompts of similar length generate together (less left padding). Each sequence has its
         # own seed, so the order changes nothing else; without seeds it is kept as given.
         order = list(range(len(prompts)))
-        if my_seeds is not None:
+        if seeds is not None:
             order.sort(key=lambda i: len(prompts[i]))
-        rollouts = []
-        if prompts:
-            kwargs = {"constraints": [my_schemas[i] for i in order]} if my_schemas is not None else {}
-            sampling = _schema_budget(self.sampling, my_schemas, fit=True)
-            generated = self.generator.generate([prompts[i] for i in order], 1, sampling,
-                                                [my_seeds[i] for i in order] if my_seeds is not None else None, **kwargs)
-            rollouts = [None] * len(prompts)
-            for i, rollout in zip(order, generated, strict=True):
-                rollouts[i] = rollout
-        texts = self.tokenizer.batch_decode([r.response_ids for r in rollouts], skip_special_tokens=True)
-        if self.dist is not None and self.dist.enabled:
-            texts = [t for part in self.dist.all_gather(texts) for t in part]
-        return texts
+        kwargs = {"constraints": [constraints[i] for i in order]} if constraints is not None else {}
+        sampling = _schema_budget(self.sampling, constraints, fit=True)
+        generated = self.generator.generate([prompts[i] for i in order], 1, sampling,
+                                            [seeds[i] for i in order] if seeds is not None else None, **kwargs)
+        rollouts = [None] * len(prompts)
+        for i, rollout in zip(order, generated, strict=True):
+            rollouts[i] = rollout
+        return self.tokenizer.batch_decode([r.response_ids for r in rollouts], skip_special_tokens=True)
 
 
 class ModelTextGenerator(PolicyTextGenerator):
@@ -197,7 +199,8 @@ class SharedTextGenerator:
     """Wraps a generator for several processes: each rank answers its contiguous share of the
     conversations (``dist.share``), then all ranks exchange, so every answer is made once and every
     rank gets the same list (a server's or a second model's sampling would otherwise differ per rank).
-    :class:`PolicyTextGenerator` does the same itself, with the policy's seeded sampler."""
+    A generator with ``draw_seeds(count)`` (the policy) gets the seeds of all conversations drawn on
+    every rank first, and its share of them: answers are then the same for any world size."""
 
     def __init__(self, inner, dist) -> None:
         self.inner = inner
@@ -210,11 +213,18 @@ class SharedTextGenerator:
     def __call__(self, conversations: Sequence[Messages], schemas: Sequence[dict | None] | None = None) -> list[str]:
         if schemas is not None and len(schemas) != len(conversations):
             raise ValueError(f"got {len(schemas)} schemas for {len(conversations)} conversations")
+        draw = getattr(self.inner, "draw_seeds", None)
+        seeds = draw(len(conversations)) if draw is not None else None
         share = self.dist.share(len(conversations))
         mine = list(conversations[share])
         texts: list[str] = []
         if mine:
-            texts = self.inner(mine, schemas=list(schemas[share])) if schemas is not None else self.inner(mine)
+            kwargs: dict[str, Any] = {}
+            if schemas is not None:
+                kwargs["schemas"] = list(schemas[share])
+            if seeds is not None:
+                kwargs["seeds"] = list(seeds[share])
+            texts = self.inner(mine, **kwargs)
             if len(texts) != len(mine):
                 raise ValueError(f"the reflector returned {len(texts)} texts for {len(mine)} conversations")
         return [t for part in self.dist.all_gather(list(texts)) for t in part]

@@ -118,8 +118,10 @@ class VLLMGenerator:
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
             from vllm import LLM
 
+            from resd.rollout.structured import vllm_engine_kwargs
+
             kwargs = {"dtype": dtype, "enable_sleep_mode": sleep_level > 0, "logprobs_mode": "processed_logprobs",
-                      **(engine_kwargs or {})}
+                      **vllm_engine_kwargs(), **(engine_kwargs or {})}
             llm = LLM(model=str(model_path), **kwargs)
         self.llm = llm
 
