@@ -28,18 +28,17 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from resd.envs.base import DataError, Row
+from resd.hub import offline
 
 log = logging.getLogger(__name__)
 
 _HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-_TRUE = {"1", "on", "yes", "true"}
 
 
 @dataclasses.dataclass
@@ -195,14 +194,10 @@ def _read_saved_dataset(path: Path, split: str) -> list[tuple[int, dict[str, Any
     return list(enumerate(data.to_list(), 1))
 
 
-def hub_offline() -> bool:
-    return any(os.environ.get(k, "").strip().lower() in _TRUE for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-
-
 def _read_hub(spec: str, split: str, *, shown: str, bare: bool = False) -> list[tuple[int, dict[str, Any]]]:
     name, _, config = spec.partition(":")
     head = f"{shown}: {'no such local file or directory, and ' if bare else ''}"
-    if hub_offline():
+    if offline("datasets"):
         raise DataError(f"{head}HF_HUB_OFFLINE / HF_DATASETS_OFFLINE forbid loading it from the Hugging Face Hub; "
                         "save the dataset with datasets' save_to_disk (or as .jsonl) and pass that path")
     datasets = _import_datasets(f"{shown} (a Hugging Face Hub dataset)")

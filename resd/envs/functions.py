@@ -382,7 +382,8 @@ class RewardModel:
 
     @staticmethod
     def check_path(path: str) -> None:
-        from resd.data import _HUB_NAME, hub_offline
+        from resd.data import _HUB_NAME
+        from resd.hub import offline
 
         local = Path(path)
         if local.is_dir():
@@ -390,9 +391,10 @@ class RewardModel:
                 raise ValueError(f"data.env_kwargs.reward_funcs: {path!r} is a directory without config.json; a "
                                  "reward function is 'module:function', a reward model a saved model directory")
             return
-        if not _HUB_NAME.fullmatch(path) or hub_offline():
+        if not _HUB_NAME.fullmatch(path) or offline("models"):
             raise ValueError(f"data.env_kwargs.reward_funcs: {path!r} is not 'module:function' and not a reward "
-                             "model directory" + (" (HF_HUB_OFFLINE is set, so no hub id)" if hub_offline() else ""))
+                             "model directory" + (" (the Hub is offline for models, so no hub id)"
+                                                  if offline("models") else ""))
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in ("_model", "_tokenizer")}

@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 import torch
 
+from resd.hub import offline
+
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 EMBEDDED_NAMES = ("embedded", "default", "qwen2.5-coder-0.5b-instruct")
 
@@ -29,7 +31,6 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
-_TRUE = ("1", "true", "yes", "on")
 PROBE_TIMEOUT_S = 3.0
 
 
@@ -37,13 +38,6 @@ def _looks_like_path(name: str) -> bool:
     """A name meant as a local path rather than a hub id ``org/name``."""
     return (name.startswith((".", "~", "/", "\\")) or "\\" in name or name.endswith("/") or name.count("/") > 1
             or os.path.isabs(name))
-
-
-def _hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE) or any(
-        os.environ.get(k, "").strip().lower() in _TRUE for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def _hub_cached(repo_id: str) -> bool:
@@ -98,7 +92,7 @@ def check_source(name: str, key: str = "model.name") -> dict[str, Any]:
                           "(org/name)") from None
     download = f"download it first where the network is reachable (hf download {name})"
     cached = _hub_cached(name)
-    if _hub_offline():
+    if offline("models"):
         if cached:
             return {"local_files_only": True}
         raise ConfigError(f"{name!r} ({key}): no local directory of that name, and not in the Hugging Face cache "
