@@ -176,6 +176,11 @@ class TrainConfig(Section):
     mini_batch_size: int | None = Field(None, ge=1, description="prompts per optimizer step; None = batch_size (on-policy)")
     micro_batch_tokens: int = Field(8192, ge=1, description="token budget of one forward/backward micro-batch")
     loss_chunk_size: int = Field(512, ge=1, description="response tokens per chunk of the vocabulary-sized loss work")
+    share_prefix: bool = Field(
+        True, description="a context prefix that every row of a micro-batch shares (64 tokens or more: a teacher "
+        "template's instructions, a GRPO group's prompt) is computed once per forward, its gradient summed over the "
+        "rows; one process without gradient checkpointing (elsewhere every row computes it)"
+    )
     lr: float = Field(1e-5, gt=0, description="peak learning rate of AdamW")
     warmup_steps: int = Field(10, ge=0, description="optimizer steps of linear learning-rate warm-up from lr / N")
     lr_schedule: Literal["constant", "cosine"] = Field(

@@ -19,10 +19,17 @@ class PackedRows:
     input_ids: torch.Tensor  # [b, L]
     attention_mask: torch.Tensor  # [b, L]
     positions: torch.Tensor  # [N] flat indices into b*L, one per response token, in row order
+    prefix: int = 0  # leading tokens that every row shares: response_hidden computes them once
 
 
-def pack_rows(contexts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int) -> PackedRows:
-    """Concatenate each context with its response; position ``len(context) - 1 + t`` predicts token t."""
+def pack_rows(contexts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int,
+              share_prefix: bool = False) -> PackedRows:
+    """Concatenate each context with its response; position ``len(context) - 1 + t`` predicts token t.
+
+    ``share_prefix``: mark the contexts' common prefix (at least ``PREFIX_CACHE_MIN_TOKENS``, leaving
+    every context one token of its own) for :func:`response_hidden` to compute once: the task
+    instructions of every teacher prompt, a whole prompt within a GRPO group.
+    """
     if len(contexts) != len(responses):
         raise ValueError("contexts and responses differ in length")
     width = max((len(c) + len(r) for c, r in zip(contexts, responses, strict=True)), default=1)
@@ -37,7 +44,13 @@ def pack_rows(contexts: Sequence[Sequence[int]], responses: Sequence[Sequence[in
         attention[row, : len(seq)] = 1
         start = row * width + len(ctx) - 1
         positions.extend(range(start, start + len(resp)))
-    return PackedRows(ids, attention, torch.tensor(positions, dtype=torch.long))
+    prefix = 0
+    if share_prefix and len(contexts) > 1:
+        from resd.rollout.hf import PREFIX_CACHE_MIN_TOKENS, shared_prefix_length
+
+        prefix = shared_prefix_length(contexts)
+        prefix = prefix if prefix >= PREFIX_CACHE_MIN_TOKENS else 0
+    return PackedRows(ids, attention, torch.tensor(positions, dtype=torch.long), prefix)
 
 
 def lm_head(model: torch.nn.Module) -> torch.nn.Module:
@@ -54,21 +67,39 @@ def response_hidden(model: torch.nn.Module, rows: PackedRows) -> torch.Tensor:
 
     The whole model's forward runs (so that FSDP's hooks on the root module fire) with the LM head
     applied to one position only; the decoder's output is captured with a forward hook.
+
+    With ``rows.prefix`` the shared prefix runs once, its KV cache is copied to every row, and the
+    rows' own tokens run over it; autograd carries each row's gradient back through the one prefix.
+    (Not with gradient checkpointing: recomputing a layer would append to the cache again.)
     """
     device = next(model.parameters()).device
+    ids, attention = rows.input_ids.to(device), rows.attention_mask.to(device)
     captured: dict[str, torch.Tensor] = {}
 
     def keep(_module, _args, output) -> None:
         captured["hidden"] = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
 
+    positions = rows.positions.to(device)
     handle = model.get_decoder().register_forward_hook(keep)
     try:
-        model(input_ids=rows.input_ids.to(device), attention_mask=rows.attention_mask.to(device), use_cache=False,
-              logits_to_keep=1)
+        if rows.prefix:
+            from transformers import DynamicCache
+
+            p, (b, width) = rows.prefix, ids.shape
+            cache = DynamicCache(config=model.config)
+            model(input_ids=ids[:1, :p], attention_mask=attention[:1, :p], cache=cache, use_cache=True,
+                  logits_to_keep=1)
+            cache.batch_repeat_interleave(b)
+            model(input_ids=ids[:, p:], attention_mask=attention, cache=cache, use_cache=True, logits_to_keep=1,
+                  position_ids=torch.arange(p, width, device=device).expand(b, -1))
+            # flat index row * width + column of the full rows -> row * (width - p) + column - p
+            positions = positions - (positions // width + 1) * p
+        else:
+            model(input_ids=ids, attention_mask=attention, use_cache=False, logits_to_keep=1)
     finally:
         handle.remove()
     hidden = captured["hidden"]
-    return hidden.reshape(-1, hidden.shape[-1])[rows.positions.to(device)]
+    return hidden.reshape(-1, hidden.shape[-1])[positions]
 
 
 class HeadLogits:

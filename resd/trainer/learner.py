@@ -43,6 +43,11 @@ class Learner:
         self.policy = policy
         self.dist = dist
         self.pg_weight = pg_weight
+        # (with FSDP two forwards of the root module before a backward are left untried; recomputing a
+        # checkpointed layer would append to the prefix's cache a second time)
+        self.share_prefix = (cfg.train.share_prefix and not dist.enabled
+                             and not any(getattr(m, "gradient_checkpointing", False) is True
+                                         for m in policy.model.modules()))
         self.teacher: Teacher | None = None
         if pg_weight < 1.0:
             self.teacher = Teacher(policy.model, cfg.teacher.kind, cfg.teacher.update_rate, lora=policy.lora,
@@ -145,7 +150,8 @@ class Learner:
         head = lm_head(model)
         device = self.policy.device
         for micro, dummy in self._local_micro_batches(samples):
-            rows = pack_rows([s.prompt_ids for s in micro], [s.response_ids for s in micro], self.policy.generator.pad_id)
+            rows = pack_rows([s.prompt_ids for s in micro], [s.response_ids for s in micro], self.policy.generator.pad_id,
+                             self.share_prefix)
             hidden = response_hidden(model, rows)
             if dummy:
                 continue
@@ -170,11 +176,11 @@ class Learner:
         pad = self.policy.generator.pad_id
         dev = self.policy.device
         responses = [s.response_ids for s in micro]
-        hidden = response_hidden(self.model, pack_rows([s.prompt_ids for s in micro], responses, pad))
+        hidden = response_hidden(self.model, pack_rows([s.prompt_ids for s in micro], responses, pad, self.share_prefix))
         teacher_fn = None
         if self.teacher is not None:
             with torch.no_grad():
-                trows: PackedRows = pack_rows([s.teacher_ids for s in micro], responses, pad)
+                trows: PackedRows = pack_rows([s.teacher_ids for s in micro], responses, pad, self.share_prefix)
                 pairs = []
                 for m, w, adapter in self.teacher.passes():
                     with adapter:

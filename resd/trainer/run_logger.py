@@ -37,6 +37,12 @@ def _columns(rows: Sequence[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(k for row in rows for k in row))
 
 
+def _table(table_class: Any, rows: Sequence[dict[str, Any]]) -> Any:
+    """``table_class(columns=..., data=...)`` of the rows (``wandb.Table`` and ``trackio.Table`` take the same)."""
+    columns = _columns(rows)
+    return table_class(columns=columns, data=[[_cell(r.get(c)) for c in columns] for r in rows])
+
+
 def new_run_id() -> str:
     """A fresh tracker run id: 8 lowercase letters and digits (W&B's form)."""
     return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
@@ -81,12 +87,8 @@ class WandbTracker(Tracker):
     def log(self, metrics: dict[str, float], step: int) -> None:
         self.run.log(metrics, step=step)
 
-    def _table(self, rows: Sequence[dict[str, Any]]) -> Any:
-        columns = _columns(rows)
-        return self.wandb.Table(columns=columns, data=[[_cell(r.get(c)) for c in columns] for r in rows])
-
     def log_table(self, key: str, rows: Sequence[dict[str, Any]], step: int) -> None:
-        self.run.log({key: self._table(rows)}, step=step)
+        self.run.log({key: _table(self.wandb.Table, rows)}, step=step)
 
     def log_eval(self, name: str, summary: dict[str, float], step: int | None, rows: Sequence[dict[str, Any]]) -> None:
         # after training W&B's own step has moved on: eval/* get their own x-axis, the checkpoint's step
@@ -95,7 +97,7 @@ class WandbTracker(Tracker):
         self.run.summary.update(values)
         record: dict[str, Any] = {**values, "eval/step": step if step is not None else 0}
         if rows:
-            record[f"eval/{name}/samples_table"] = self._table(rows)
+            record[f"eval/{name}/samples_table"] = _table(self.wandb.Table, rows)
         self.run.log(record)
 
     def close(self) -> None:
@@ -154,9 +156,7 @@ class TrackioTracker(Tracker):
         self.trackio.log(metrics, step=step)
 
     def log_table(self, key: str, rows: Sequence[dict[str, Any]], step: int) -> None:
-        columns = _columns(rows)
-        table = self.trackio.Table(columns=columns, data=[[_cell(r.get(c)) for c in columns] for r in rows])
-        self.trackio.log({key: table}, step=step)
+        self.trackio.log({key: _table(self.trackio.Table, rows)}, step=step)
 
     def log_eval(self, name: str, summary: dict[str, float], step: int | None, rows: Sequence[dict[str, Any]]) -> None:
         self.trackio.log({**{f"eval/{name}/{k}": v for k, v in summary.items()}, "eval/step": step or 0})
