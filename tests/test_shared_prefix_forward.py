@@ -113,3 +113,18 @@ def test_an_update_with_shared_prefixes_moves_the_weights_as_without(tiny_config
         assert metrics[True][key] == pytest.approx(metrics[False][key], rel=1e-4, abs=1e-6), key
     for name, value in weights[False].items():
         torch.testing.assert_close(weights[True][name], value, rtol=0, atol=1e-5, msg=name)
+
+
+def test_the_cache_goes_under_the_name_the_model_takes():
+    from resd.models.loading import cache_kwargs
+
+    class Decoder(torch.nn.Module):  # a model of transformers 4, before the rename
+        def forward(self, input_ids, past_key_values=None, **kwargs):
+            return input_ids
+
+    class Model(torch.nn.Module):
+        def get_decoder(self):
+            return Decoder()
+
+    assert cache_kwargs(Model(), "kv") == {"past_key_values": "kv"}
+    assert cache_kwargs(build_tiny_model(VOCAB), "kv") == {"cache": "kv"}

@@ -222,3 +222,13 @@ def chat_prompt_ids(
     if truncation == "error":
         raise ValueError(f"prompt of {len(ids)} tokens exceeds the limit of {max_length}")
     return (ids[:max_length] if truncation == "right" else ids[-max_length:]), True
+
+
+def cache_kwargs(model: torch.nn.Module, cache: Any) -> dict[str, Any]:
+    """``{name: cache}`` for a forward of ``model`` over a KV cache: transformers 5 renamed the argument
+    from ``past_key_values`` to ``cache``, and a model that does not name it would take the other as
+    an unused keyword and silently ignore it."""
+    import inspect
+
+    parameters = inspect.signature(model.get_decoder().forward).parameters
+    return {"cache" if "cache" in parameters else "past_key_values": cache}

@@ -8,6 +8,7 @@ import torch
 from transformers import DynamicCache, GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers.generation.configuration_utils import CompileConfig
 
+from resd.models.loading import cache_kwargs as kv_cache_kwargs
 from resd.rollout.base import Rollout, SamplingParams, sequence_seeds
 from resd.rollout.sampling import Workspace, random_keys, sample_tokens, step_keys, stream_keys
 
@@ -160,10 +161,10 @@ class HFGenerator:
         cache_kwargs = {}
         if prefix:
             cache = DynamicCache(config=self.model.config)
+            cache_kwargs = kv_cache_kwargs(self.model, cache)
             keep = {"logits_to_keep": 1} if getattr(self.model, "_supports_logits_to_keep", lambda: False)() else {}
-            self.model(input_ids=input_ids[:1, :prefix].to(device), cache=cache, use_cache=True, **keep)
+            self.model(input_ids=input_ids[:1, :prefix].to(device), use_cache=True, **cache_kwargs, **keep)
             cache.batch_repeat_interleave(len(jobs))
-            cache_kwargs["cache"] = cache
         compile_config = None
         if self.compile_decode:
             compile_config = CompileConfig(mode="default")

@@ -85,12 +85,13 @@ def response_hidden(model: torch.nn.Module, rows: PackedRows) -> torch.Tensor:
         if rows.prefix:
             from transformers import DynamicCache
 
+            from resd.models.loading import cache_kwargs
+
             p, (b, width) = rows.prefix, ids.shape
-            cache = DynamicCache(config=model.config)
-            model(input_ids=ids[:1, :p], attention_mask=attention[:1, :p], cache=cache, use_cache=True,
-                  logits_to_keep=1)
-            cache.batch_repeat_interleave(b)
-            model(input_ids=ids[:, p:], attention_mask=attention, cache=cache, use_cache=True, logits_to_keep=1,
+            cache = cache_kwargs(model, DynamicCache(config=model.config))
+            model(input_ids=ids[:1, :p], attention_mask=attention[:1, :p], use_cache=True, logits_to_keep=1, **cache)
+            next(iter(cache.values())).batch_repeat_interleave(b)
+            model(input_ids=ids[:, p:], attention_mask=attention, use_cache=True, logits_to_keep=1, **cache,
                   position_ids=torch.arange(p, width, device=device).expand(b, -1))
             # flat index row * width + column of the full rows -> row * (width - p) + column - p
             positions = positions - (positions // width + 1) * p
