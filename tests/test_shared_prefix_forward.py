@@ -10,7 +10,7 @@ import torch
 
 from resd.models import build_tiny_model
 from resd.models.lora import apply_lora
-from resd.rollout.hf import PREFIX_CACHE_MIN_TOKENS
+from resd.rollout.hf import PREFIX_CACHE_MIN_TOKENS, shared_prefix_length
 from resd.trainer.forward import pack_rows, response_hidden
 
 VOCAB = 300
@@ -128,3 +128,47 @@ def test_the_cache_goes_under_the_name_the_model_takes():
 
     assert cache_kwargs(Model(), "kv") == {"past_key_values": "kv"}
     assert cache_kwargs(build_tiny_model(VOCAB), "kv") == {"cache": "kv"}
+
+
+@pytest.mark.parametrize("share", [True, False])
+@pytest.mark.parametrize("seed", range(6))
+def test_rows_cost_counts_what_the_forward_computes(share, seed):
+    """RowsCost, grown a row at a time, marks the prefix pack_rows marks and counts the tokens the
+    forward embeds (the prefix once, every row padded to the widest)."""
+    from resd.trainer.forward import RowsCost
+
+    rng = random.Random(seed)
+    shared = [rng.randrange(1, VOCAB) for _ in range(rng.choice([0, 30, 63, 64, 65, 90]))]
+    contexts, responses = [], []
+    for _ in range(rng.randrange(1, 6)):
+        keep = len(shared) if rng.random() < 0.8 else rng.randrange(len(shared) + 1)
+        contexts.append(shared[:keep] + [rng.randrange(1, VOCAB) for _ in range(rng.randrange(0, 6))] or [7])
+        responses.append([rng.randrange(1, VOCAB) for _ in range(rng.randrange(0, 5))])
+    cost = RowsCost(share)
+    for context, response in zip(contexts, responses, strict=True):
+        cost = cost.add(context, response)
+    packed = pack_rows(contexts, responses, 0, share_prefix=share)
+    expected = shared_prefix_length(contexts) if share and len(contexts) > 1 else 0  # generation's own reading
+    assert cost.prefix == packed.prefix == (expected if expected >= PREFIX_CACHE_MIN_TOKENS else 0)
+    model = build_tiny_model(VOCAB, seed=seed)
+    embedded = []
+    model.get_input_embeddings().register_forward_hook(lambda _m, args, _out: embedded.append(args[0].numel()))
+    with torch.no_grad():
+        response_hidden(model, packed)
+    assert cost.tokens == sum(embedded)
+
+
+def test_micro_batches_fit_more_rows_when_their_prefix_is_shared(tiny_config, tmp_path):
+    """A GRPO group (one prompt, 8 rollouts) under a budget of 3 plain rows: shared, the prompt counts
+    once and the whole group fits one micro-batch."""
+    from resd.sample import Sample
+    from resd.trainer import Trainer
+
+    trainer = Trainer(tiny_config(f"logging.run_dir={tmp_path}", "train.micro_batch_tokens=360"))
+    prompt = list(range(1, 101))
+    group = [Sample({}, 0, [], prompt, [200 + i] * 20, None, True) for i in range(8)]
+    learner = trainer.learner
+    learner.share_prefix = False
+    assert [len(m) for m in learner._micro_batches(group)] == [3, 3, 2]  # 3 x 120 tokens
+    learner.share_prefix = True
+    assert [len(m) for m in learner._micro_batches(group)] == [8]  # 99 + 8 x 21 tokens

@@ -36,21 +36,57 @@ def pack_rows(contexts: Sequence[Sequence[int]], responses: Sequence[Sequence[in
     ids = torch.full((len(contexts), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(contexts), width), dtype=torch.long)
     positions = []
+    cost = RowsCost(share_prefix)
     for row, (ctx, resp) in enumerate(zip(contexts, responses, strict=True)):
         if not ctx:
             raise ValueError("a context must have at least one token")
+        cost = cost.add(ctx, resp)
         seq = list(ctx) + list(resp)
         ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
         attention[row, : len(seq)] = 1
         start = row * width + len(ctx) - 1
         positions.extend(range(start, start + len(resp)))
-    prefix = 0
-    if share_prefix and len(contexts) > 1:
-        from resd.rollout.hf import PREFIX_CACHE_MIN_TOKENS, shared_prefix_length
+    return PackedRows(ids, attention, torch.tensor(positions, dtype=torch.long), cost.prefix)
 
-        prefix = shared_prefix_length(contexts)
-        prefix = prefix if prefix >= PREFIX_CACHE_MIN_TOKENS else 0
-    return PackedRows(ids, attention, torch.tensor(positions, dtype=torch.long), prefix)
+
+@dataclasses.dataclass(frozen=True)
+class RowsCost:
+    """The tokens that one forward of a growing set of rows computes (as :func:`pack_rows` and
+    :func:`response_hidden` lay them out): every row padded to the widest, and with ``share_prefix``
+    the rows' common context prefix once. Grows one row at a time in time linear in the prefix."""
+
+    share_prefix: bool
+    first: tuple[int, ...] = ()
+    common: int = 0  # leading tokens every context shares with the first
+    shortest: int = 0  # the shortest context
+    width: int = 0  # the widest context + response
+    rows: int = 0
+
+    def add(self, context: Sequence[int], response: Sequence[int]) -> RowsCost:
+        context = tuple(context)
+        if not self.rows:
+            return dataclasses.replace(self, first=context, common=len(context), shortest=len(context),
+                                       width=len(context) + len(response), rows=1)
+        common = 0
+        limit = min(self.common, len(context))
+        while common < limit and context[common] == self.first[common]:
+            common += 1
+        return dataclasses.replace(self, common=common, shortest=min(self.shortest, len(context)),
+                                   width=max(self.width, len(context) + len(response)), rows=self.rows + 1)
+
+    @property
+    def prefix(self) -> int:
+        """The prefix :func:`pack_rows` would mark (0 when not shared)."""
+        from resd.rollout.hf import PREFIX_CACHE_MIN_TOKENS
+
+        if not self.share_prefix or self.rows < 2:
+            return 0
+        prefix = min(self.common, self.shortest - 1)
+        return prefix if prefix >= PREFIX_CACHE_MIN_TOKENS else 0
+
+    @property
+    def tokens(self) -> int:
+        return self.prefix + self.rows * (self.width - self.prefix)
 
 
 def lm_head(model: torch.nn.Module) -> torch.nn.Module:

@@ -23,7 +23,7 @@ from resd.losses.distillation import fused_token_loss
 from resd.models import chat_prompt_ids
 from resd.sample import Sample
 from resd.teacher import Teacher
-from resd.trainer.forward import PackedRows, lm_head, logits_fn, pack_rows, response_hidden
+from resd.trainer.forward import PackedRows, RowsCost, lm_head, logits_fn, pack_rows, response_hidden
 from resd.trainer.optim import MasterWeightAdamW, warmup_lambda
 from resd.trainer.policy import Policy
 
@@ -113,17 +113,22 @@ class Learner:
         return self.pg_weight > 0.0 and (s.advantage != 0.0 or not self.config.train.skip_zero_advantage)
 
     def _micro_batches(self, samples: list[Sample]) -> list[list[Sample]]:
+        """Consecutive samples whose forwards (student, teacher) each compute at most
+        ``train.micro_batch_tokens`` tokens; a shared prefix counts once (:class:`RowsCost`)."""
         budget = self.config.train.micro_batch_tokens
+        empty = [RowsCost(self.share_prefix)] * 2
         batches: list[list[Sample]] = []
         current: list[Sample] = []
-        width = 0
+        costs = empty
         for s in samples:
-            length = len(s.response_ids) + max(len(s.prompt_ids), len(s.teacher_ids or ()))
-            if current and (len(current) + 1) * max(width, length) > budget:
+            contexts = (s.prompt_ids, s.teacher_ids or s.prompt_ids)
+            grown = [c.add(ctx, s.response_ids) for c, ctx in zip(costs, contexts, strict=True)]
+            if current and max(c.tokens for c in grown) > budget:
                 batches.append(current)
-                current, width = [], 0
+                current = []
+                grown = [c.add(ctx, s.response_ids) for c, ctx in zip(empty, contexts, strict=True)]
             current.append(s)
-            width = max(width, length)
+            costs = grown
         if current:
             batches.append(current)
         return batches
