@@ -314,7 +314,13 @@ def test_placeholder_lessons_copied_from_the_prompt_are_skipped():
         {"type": "ADD", "section": "others", "content": "The Lesson itself - one sentence."},
         {"type": "ADD", "section": "others", "content": "one-sentence lesson"},  # the compact curator's
         {"type": "ADD", "section": "others", "content": "Multiply the ones digits first; it fixes the lesson itself."},
+        # the reflector's placeholders reach the curator through the reflections, whole or cut short
+        {"type": "ADD", "section": "others", "content": "The lesson to remember for similar tasks"},
+        {"type": "ADD", "section": "others", "content": ": The lesson to remember for"},
+        {"type": "ADD", "section": "others", "content": "What exactly went wrong."},
+        {"type": "ADD", "section": "others", "content": "The lesson"},  # too short to call a copy: kept
     ])
-    assert summary.added == 2 and summary.skipped == 6
+    assert summary.added == 3 and summary.skipped == 9
     assert [b.content for b in pb.bullets()] == ["Check the <EMPTY> branch of every puller.",
-                                                 "Multiply the ones digits first; it fixes the lesson itself."]
+                                                 "Multiply the ones digits first; it fixes the lesson itself.",
+                                                 "The lesson"]

@@ -132,7 +132,7 @@ def clean_content(content: str) -> str:
     text = one_line(content)
     match = BULLET_RE.match(text)
     text = match.group(4).strip() if match else text
-    if _PLACEHOLDER.match(text) or _placeholder_words(text) in _PROMPT_PLACEHOLDERS:
+    if _PLACEHOLDER.match(text) or _copies_a_placeholder(text):
         return ""
     return text
 
@@ -141,11 +141,22 @@ def _placeholder_words(text: str) -> str:
     return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
 
 
-# The curator prompts' own <placeholders>, which small models copy with or without the brackets
-# (seen in the efficacy benchmark: "the lesson itself, one sentence" added as a bullet).
+# The reflector's and curator's own <placeholders>, which small models copy with or without the
+# brackets, whole or cut short by a length limit (seen in the efficacy benchmark: "the lesson itself,
+# one sentence" and the reflector's "The lesson to remember for similar tasks" added as bullets).
 _PROMPT_PLACEHOLDERS = frozenset(
-    _placeholder_words(p) for prompts in PROMPT_SETS.values() for p in re.findall(r"<([^<>]+)>", prompts.curator)
+    _placeholder_words(p) for prompts in PROMPT_SETS.values()
+    for template in (prompts.reflector, prompts.success_reflector, prompts.curator)
+    for p in re.findall(r"<([^<>]+)>", template)
 )
+
+
+def _copies_a_placeholder(text: str) -> bool:
+    """A placeholder's words, or the first three or more of them."""
+    words = _placeholder_words(text)
+    if words in _PROMPT_PLACEHOLDERS:
+        return True
+    return words.count(" ") >= 2 and any(p.startswith(words + " ") for p in _PROMPT_PLACEHOLDERS)
 
 
 def add_bullet(playbook: Playbook, section: str, content: str, *, dedup: Dedup | None = None,
