@@ -51,8 +51,8 @@ def _train(args: argparse.Namespace) -> int:
             import shutil
 
             shutil.rmtree(run_dir)
-    trainer = build_trainer(config)
-    if args.resume and not trainer.resume():
+    trainer = build_trainer(config, resume=bool(args.resume))
+    if args.resume and not trainer.resumed:
         logging.getLogger("resd").warning("no valid checkpoint in %s: starting from step 0", args.resume)
     run_dir = trainer.train()
     if not config.logging.console:  # (the console's closing summary names it otherwise)

@@ -215,6 +215,33 @@ def test_resume_keeps_its_checkpoint_over_init_from(runs, tmp_path):
     assert (_logits(resumed.model) - old.logits).abs().max() > 1e-3
 
 
+def test_a_full_parameter_resume_does_not_read_the_init_from_run(runs, tmp_path, capsys):
+    """A full-parameter checkpoint holds every weight, so resuming it neither reads the init_from run nor
+    needs its directory (which failed before); a LoRA checkpoint holds only adapters and still does."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(runs["full"].dir, old)
+    full = Run(tmp_path / "full", f"model.init_from={old}")
+    lora = Run(tmp_path / "lora", *LORA, f"model.init_from={old}")
+    # with no checkpoint to resume, init_from is applied as in a new run
+    fresh = build_trainer(_config(tmp_path / "fresh", f"model.init_from={old}"), resume=True)
+    assert not fresh.resumed and fresh.step == 0
+    assert (_logits(fresh.model) - runs["full"].logits).abs().max() < 1e-5
+    shutil.rmtree(old)
+
+    resumed = build_trainer(_config(full.dir, f"model.init_from={old}", "train.steps=2"), resume=True)
+    assert resumed.resumed and resumed.step == 1
+    assert (_logits(resumed.model) - full.logits).abs().max() < 1e-6
+    assert main(["train", "--resume", str(full.dir), "train.steps=2"]) == 0
+    from resd.trainer.checkpoint import step_dirs
+
+    assert step_dirs(full.dir / "checkpoints")[-1][0] == 2
+
+    with pytest.raises(ConfigError, match="model.init_from"):
+        build_trainer(_config(lora.dir, *LORA, f"model.init_from={old}", "train.steps=2"), resume=True)
+
+
 def test_init_from_errors_name_the_key(runs, tmp_path):
     old = runs["full"]
     cases = {

@@ -28,7 +28,11 @@ log = logging.getLogger(__name__)
 class Policy:
     """The trainable model and everything that samples from it."""
 
-    def __init__(self, config: Config, dist: DistInfo, *, model: Any = None, tokenizer: Any = None) -> None:
+    def __init__(self, config: Config, dist: DistInfo, *, model: Any = None, tokenizer: Any = None,
+                 apply_init_from: bool = True) -> None:
+        """``apply_init_from=False`` skips ``model.init_from``: a full-parameter checkpoint about to be
+        loaded holds every weight, so the old run's weights would be read for nothing (and its directory
+        need not exist any more)."""
         cfg = config
         self.config = config
         self.dist = dist
@@ -38,7 +42,8 @@ class Policy:
         self.model = model or load_model(cfg.model.name, load_precision, self.tokenizer, tiny=cfg.model.tiny)
         # Before this run's LoRA, so the adapter trains over the old run's weights; a resumed run then
         # loads its own checkpoint over these (a LoRA checkpoint holds only adapters, so the base needs them).
-        self.model = init_from(self.model, cfg.model)
+        if apply_init_from:
+            self.model = init_from(self.model, cfg.model)
         contiguous_head_input(self.model)  # (models passed in were not loaded by load_model)
         self.device = resolve_device(cfg.model.device, dist)
         if not dist.enabled:  # FSDP2 places the shards itself

@@ -50,28 +50,35 @@ class Trainer:
     """Trains a policy with the configured algorithm and schedule.
 
     ``model``, ``tokenizer``, ``env`` and ``train_rows`` may be passed in (tests, notebooks,
-    test-time solving); otherwise they are built from the config.
+    test-time solving); otherwise they are built from the config. ``resume=True`` continues the run
+    directory's newest valid checkpoint (a path: that checkpoint); :attr:`resumed` says whether one was
+    loaded.
     """
 
     def __init__(self, config: Config, *, model=None, tokenizer=None, env=None, run_dir: str | Path | None = None,
-                 train_rows: list[dict[str, Any]] | None = None) -> None:
+                 train_rows: list[dict[str, Any]] | None = None, resume: bool | str | Path = False) -> None:
         self.config = cfg = config
         self.dist = init_distributed(cfg.dist.timeout_s)
         self.console = Console(self.dist.is_main and cfg.logging.console)
         seed_everything(cfg.seed)
+        default_dir = Path("runs") / f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
+        self.run = RunDir(run_dir or cfg.logging.run_dir or self.dist.all_gather(str(default_dir))[0])
+        checkpoint = None
+        if resume:
+            checkpoint = Path(resume) if not isinstance(resume, bool) else self._latest_checkpoint()
         if model is None:
             lora = ", LoRA" if cfg.model.lora.enabled else ""
             self.console.print(f"loading model {cfg.model.name} ({cfg.model.precision}{lora}) ...")
         t0 = time.perf_counter()
-        self.policy = Policy(cfg, self.dist, model=model, tokenizer=tokenizer)
+        # A full-parameter checkpoint holds every weight; a LoRA one only adapters over the init_from base.
+        full_resume = checkpoint is not None and not cfg.model.lora.enabled
+        self.policy = Policy(cfg, self.dist, model=model, tokenizer=tokenizer, apply_init_from=not full_resume)
         self.load_seconds = time.perf_counter() - t0
         self.env = env or envs.load(cfg.data.env, **cfg.data.env_kwargs)
         if train_rows is None:
             train_rows = self.env.load_split(cfg.data.train_split, cfg.data.train_path, cfg.data.train_limit)
         self.train_rows = len(train_rows)
         self.schedule = build_schedule(cfg, train_rows)
-        default_dir = Path("runs") / f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
-        self.run = RunDir(run_dir or cfg.logging.run_dir or self.dist.all_gather(str(default_dir))[0])
         if self.dist.is_main:
             self.run.root.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run.config, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -90,6 +97,9 @@ class Trainer:
         self.elapsed = 0.0
         self.stop_requested = False
         self.logger = RunLogger.for_run(self.run, cfg, enabled=self.dist.is_main)
+        self.resumed = False
+        if resume:
+            self.resumed = self.resume(checkpoint)
 
     # ------------------------------------------------------------------ what the parts hold
     @property
@@ -359,11 +369,16 @@ class Trainer:
         self.learner.load_tensors(tensors)
         self.policy.sync_rollout_weights()
 
+    def _latest_checkpoint(self) -> Path | None:
+        """The run directory's newest valid checkpoint, as rank 0 found it."""
+        found = latest_valid(self.run.checkpoints) if self.dist.is_main else None
+        path = self.dist.all_gather(str(found) if found else None)[0]
+        return Path(path) if path else None
+
     def resume(self, path: str | Path | None = None) -> bool:
         """Load the given checkpoint, or the newest valid one of this run. Returns False if none exists."""
         if path is None:
-            found = latest_valid(self.checkpoint_root) if self.dist.is_main else None
-            path = self.dist.all_gather(str(found) if found else None)[0]
+            path = self._latest_checkpoint()
         if path is None:
             self.logger.truncate_after(0)  # killed before the first checkpoint: start over cleanly
             return False
