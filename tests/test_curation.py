@@ -300,6 +300,23 @@ def test_random_operations_never_raise_and_keep_the_playbook_well_formed():
     assert all(totals[k] > 0 for k in totals), totals
 
 
+def test_a_placeholder_copied_at_the_end_of_a_lesson_is_cut_off():
+    """Seen in the constrained Manufactoria re-run's playbook: a real lesson with the reflector's
+    key_insight placeholder appended. The placeholder goes, the lesson stays."""
+    from resd.context.curation import clean_content
+
+    lesson = "To make the tape accept exactly one tape with at least 4 Rs and at least 2 Ys"
+    assert clean_content(lesson + ", the lesson to remember for similar tasks") == lesson
+    assert clean_content(lesson + "; The lesson to remember for") == lesson  # cut short by a length limit
+    assert clean_content(lesson + ": what the model should have done.") == lesson
+    for kept in ("Carry the tens digit, then add the units.",
+                 "Multiply the ones digits first; it fixes the lesson itself.",
+                 "Identify what exactly went wrong",  # no separator: part of the sentence
+                 "Check the last branch, the lesson",  # two words: too short to call a copy
+                 lesson):
+        assert clean_content(kept) == kept
+
+
 def test_placeholder_lessons_copied_from_the_prompt_are_skipped():
     from resd.context.curation import apply_operations
     from resd.context.playbook import Playbook

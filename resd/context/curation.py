@@ -134,7 +134,7 @@ def clean_content(content: str) -> str:
     text = match.group(4).strip() if match else text
     if _PLACEHOLDER.match(text) or _copies_a_placeholder(text):
         return ""
-    return text
+    return _without_a_trailing_placeholder(text)
 
 
 def _placeholder_words(text: str) -> str:
@@ -157,6 +157,18 @@ def _copies_a_placeholder(text: str) -> bool:
     if words in _PROMPT_PLACEHOLDERS:
         return True
     return words.count(" ") >= 2 and any(p.startswith(words + " ") for p in _PROMPT_PLACEHOLDERS)
+
+
+def _without_a_trailing_placeholder(text: str) -> str:
+    """``text`` less a placeholder copied after its last comma, semicolon or colon (three words or
+    more, whole or cut short): "... at least 2 Ys, the lesson to remember for similar tasks"."""
+    cut = max(text.rfind(sep) for sep in ",;:")
+    if cut <= 0:
+        return text
+    tail = _placeholder_words(text[cut + 1:])
+    if tail.count(" ") >= 2 and _copies_a_placeholder(tail):
+        return text[:cut].rstrip()
+    return text
 
 
 def add_bullet(playbook: Playbook, section: str, content: str, *, dedup: Dedup | None = None,
