@@ -215,7 +215,7 @@ def test_resume_keeps_its_checkpoint_over_init_from(runs, tmp_path):
     assert (_logits(resumed.model) - old.logits).abs().max() > 1e-3
 
 
-def test_a_full_parameter_resume_does_not_read_the_init_from_run(runs, tmp_path, capsys):
+def test_a_full_parameter_resume_does_not_read_the_init_from_run(runs, tmp_path):
     """A full-parameter checkpoint holds every weight, so resuming it neither reads the init_from run nor
     needs its directory (which failed before); a LoRA checkpoint holds only adapters and still does."""
     import shutil

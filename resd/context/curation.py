@@ -132,7 +132,7 @@ def clean_content(content: str) -> str:
     text = one_line(content)
     match = BULLET_RE.match(text)
     text = match.group(4).strip() if match else text
-    if _PLACEHOLDER.match(text) or _copies_a_placeholder(text):
+    if _PLACEHOLDER.match(text) or _copies_a_placeholder(_placeholder_words(text)):
         return ""
     return _without_a_trailing_placeholder(text)
 
@@ -151,9 +151,8 @@ _PROMPT_PLACEHOLDERS = frozenset(
 )
 
 
-def _copies_a_placeholder(text: str) -> bool:
-    """A placeholder's words, or the first three or more of them."""
-    words = _placeholder_words(text)
+def _copies_a_placeholder(words: str) -> bool:
+    """``words`` (of :func:`_placeholder_words`) are a placeholder's, or the first three or more of them."""
     if words in _PROMPT_PLACEHOLDERS:
         return True
     return words.count(" ") >= 2 and any(p.startswith(words + " ") for p in _PROMPT_PLACEHOLDERS)

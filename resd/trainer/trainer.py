@@ -51,21 +51,18 @@ class Trainer:
 
     ``model``, ``tokenizer``, ``env`` and ``train_rows`` may be passed in (tests, notebooks,
     test-time solving); otherwise they are built from the config. ``resume=True`` continues the run
-    directory's newest valid checkpoint (a path: that checkpoint); :attr:`resumed` says whether one was
-    loaded.
+    directory's newest valid checkpoint; :attr:`resumed` says whether one was loaded.
     """
 
     def __init__(self, config: Config, *, model=None, tokenizer=None, env=None, run_dir: str | Path | None = None,
-                 train_rows: list[dict[str, Any]] | None = None, resume: bool | str | Path = False) -> None:
+                 train_rows: list[dict[str, Any]] | None = None, resume: bool = False) -> None:
         self.config = cfg = config
         self.dist = init_distributed(cfg.dist.timeout_s)
         self.console = Console(self.dist.is_main and cfg.logging.console)
         seed_everything(cfg.seed)
         default_dir = Path("runs") / f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
         self.run = RunDir(run_dir or cfg.logging.run_dir or self.dist.all_gather(str(default_dir))[0])
-        checkpoint = None
-        if resume:
-            checkpoint = Path(resume) if not isinstance(resume, bool) else self._latest_checkpoint()
+        checkpoint = self._latest_checkpoint() if resume else None
         if model is None:
             lora = ", LoRA" if cfg.model.lora.enabled else ""
             self.console.print(f"loading model {cfg.model.name} ({cfg.model.precision}{lora}) ...")
@@ -97,9 +94,7 @@ class Trainer:
         self.elapsed = 0.0
         self.stop_requested = False
         self.logger = RunLogger.for_run(self.run, cfg, enabled=self.dist.is_main)
-        self.resumed = False
-        if resume:
-            self.resumed = self.resume(checkpoint)
+        self.resumed = self._resume_from(checkpoint) if resume else False
 
     # ------------------------------------------------------------------ what the parts hold
     @property
@@ -377,8 +372,9 @@ class Trainer:
 
     def resume(self, path: str | Path | None = None) -> bool:
         """Load the given checkpoint, or the newest valid one of this run. Returns False if none exists."""
-        if path is None:
-            path = self._latest_checkpoint()
+        return self._resume_from(Path(path) if path is not None else self._latest_checkpoint())
+
+    def _resume_from(self, path: Path | None) -> bool:
         if path is None:
             self.logger.truncate_after(0)  # killed before the first checkpoint: start over cleanly
             return False
